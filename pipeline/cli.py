@@ -1,0 +1,69 @@
+"""The `segpipe` command: one subcommand per stage, plus predict, demo-data and compare.
+
+Each subcommand is a click command defined next to the code it runs and imported only when
+it is invoked, so `segpipe convert --help` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from pipeline.errors import PipelineError
+
+#: subcommand name -> ("module:attribute" of its click command, one-line help)
+COMMANDS = {
+    "convert": ("pipeline.convert:command", "Annotations in data/raw -> masks, manifest, reports."),
+    "split": ("pipeline.split:command", "Sticky stratified, group-aware train/val split."),
+    "train": ("pipeline.train:command", "Train the U-Net (GPU when present, else CPU)."),
+    "evaluate": ("pipeline.evaluate:command", "Per-class IoU, confusion, overlays, report."),
+    "predict": ("pipeline.predict:command", "Write palette masks for new images."),
+    "demo-data": ("pipeline.demo:command", "Write the synthetic sample dataset."),
+    "compare": ("pipeline.compare:command", "Gate: compare metrics with a git revision."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[cmd_name][0].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # static help lines: listing the commands must not import them (and torch)
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, text) for name, (_, text) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="segpipe")
+def cli() -> None:
+    """Labelme/LabelImg annotations -> validated masks -> split -> U-Net -> per-class IoU.
+
+    Run the whole pipeline with `dvc repro`; each stage is also a subcommand here.
+    """
+
+
+def main() -> None:
+    """Entry point: a PipelineError is printed in one screen with its exit code."""
+    try:
+        result = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except PipelineError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    # a subcommand may return its exit code (ctx.exit(n) arrives here as n too)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,1 @@
+"""Annotation readers: one module per format, each turns a file into a Record plus Issues."""
