@@ -1,0 +1,19 @@
+"""Shared fixtures. Tests make their own tiny fixtures on disk; real data comes from
+../shared/realdata (skipped cleanly where it is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REALDATA = PROJECT_ROOT.parent / "shared" / "realdata"
+
+
+@pytest.fixture
+def realdata() -> Path:
+    """The real annotation sets made by other people; the test is skipped without them."""
+    if not REALDATA.is_dir():
+        pytest.skip(f"real data not found at {REALDATA}")
+    return REALDATA
