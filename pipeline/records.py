@@ -29,6 +29,7 @@ class Shape:
     index: int  # position in its source file, for reports
     group_id: int | None = None
     mask_png: bytes | None = None  # kind "mask": the decoded PNG of the bbox-sized mask
+    source: str | None = None  # annotation file it came from, set when records are merged
 
 
 @dataclass(frozen=True)

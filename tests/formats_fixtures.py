@@ -1,0 +1,127 @@
+"""Tiny annotation and image files written into a test's tmp_path (used by test_formats_*)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+
+def image_bytes(width: int = 8, height: int = 6, fmt: str = "PNG", orientation: int = 0) -> bytes:
+    """A small solid image; `orientation` writes that EXIF orientation tag (JPEG)."""
+    image = Image.new("RGB", (width, height), (10, 120, 200))
+    buffer = io.BytesIO()
+    if orientation:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        image.save(buffer, fmt, exif=exif)
+    else:
+        image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def write_image(path: Path, width: int = 8, height: int = 6, orientation: int = 0) -> Path:
+    """Write a small image; the format follows the suffix (.png, .jpg)."""
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(image_bytes(width, height, fmt, orientation))
+    return path
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def mask_b64(width: int = 3, height: int = 2) -> str:
+    """A base64 PNG of a bbox-sized boolean mask, as Labelme stores a mask shape."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height), 1).save(buffer, "PNG")
+    return b64(buffer.getvalue())
+
+
+def shape(label: str, kind: str | None, points: list[list[float]], **extra: Any) -> dict:
+    """A Labelme shape dict; kind None leaves out shape_type (Labelme < 3.4)."""
+    out: dict[str, Any] = {"label": label, "points": points}
+    if kind is not None:
+        out["shape_type"] = kind
+    out.update(extra)
+    return out
+
+
+def labelme_doc(shapes: list[dict], image_path: str | None = "img.png", **extra: Any) -> dict:
+    """A Labelme 5.x document; `extra` overrides or adds top-level keys."""
+    doc: dict[str, Any] = {
+        "version": "5.4.1",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": None,
+        "imageHeight": 6,
+        "imageWidth": 8,
+    }
+    doc.update(extra)
+    return doc
+
+
+def write_json(path: Path, doc: Any, encoding: str = "utf-8") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(json.dumps(doc, ensure_ascii=False).encode(encoding))
+    return path
+
+
+def voc_xml(
+    filename: str | None = "img.jpg",
+    objects: Sequence[tuple[Any, ...]] = (),
+    size: tuple[Any, Any] | None = (8, 6),
+    path: str | None = None,
+    folder: str = "raw",
+) -> str:
+    """A LabelImg-style VOC XML; objects are (name, xmin, ymin, xmax, ymax)."""
+    parts = ['<annotation verified="yes">', f"<folder>{folder}</folder>"]
+    if filename is not None:
+        parts.append(f"<filename>{filename}</filename>")
+    if path is not None:
+        parts.append(f"<path>{path}</path>")
+    parts.append("<source><database>Unknown</database></source>")
+    if size is not None:
+        parts.append(
+            f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"
+        )
+    parts.append("<segmented>0</segmented>")
+    for name, xmin, ymin, xmax, ymax in objects:
+        parts.append(
+            f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            f"<difficult>0</difficult><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
+            f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
+        )
+    parts.append("</annotation>")
+    return "\n".join(parts)
+
+
+def write_text(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def huge_png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (its pixel data is not valid)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", 0)
+        + b"IEND"
+        + struct.pack(">I", zlib.crc32(b"IEND"))
+    )
