@@ -50,6 +50,9 @@ class SplitParams:
     benchmark: str | None = None  # text file of ids never trained on (a fixed eval set)
     seed: int = 0
     version: int = 1  # bump to reshuffle everything deliberately
+    # largest allowed |val image share - val_fraction| per class; a class too small for it
+    # may deviate by the share of its largest group instead (a group is never cut)
+    tolerance: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ class TrainParams:
     workers: int = 0
     threads: int = 0  # torch CPU threads; 0 = all cores
     seed: int = 0
+    resize: str = "letterbox"  # fit images to image_size: "letterbox" (keep aspect) or "stretch"
+    grad_accum: int = 1  # micro-batches per optimiser step (global batch = batch * accum * procs)
+    warmup: float = 0.05  # share of the optimiser steps with linear LR warm-up, then cosine to 0
+    resume: bool = True  # continue from checkpoint_path when its data and config match
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,10 @@ class EvaluateParams:
     out_dir: str = "reports/eval"
     batch_size: int = 16
     worst_k: int = 8  # overlays for the k worst val images
+    device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N" or "mps"
+    workers: int = 0  # threads decoding images; 0 = min(8, cores)
+    overlay_size: int = 512  # longest side of each overlay panel in pixels
+    overlay_alpha: float = 0.5  # opacity of the class colours over the image
 
 
 @dataclass(frozen=True)
