@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import math
 import os
-import tempfile
+import secrets
+import struct
+import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 IGNORE = 255  # mask value for "ignore" pixels
 
@@ -28,23 +36,24 @@ def content_hash(data: bytes) -> str:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success rename it over `path`, else remove it.
 
-    A run killed midway leaves at most a stray `.tmp` file, never a half-written output.
+    A run killed midway leaves at most a stray `.<name>.<random>.tmp` file (see
+    `remove_temp_files`), never a half-written output. The caller creates the temp file, so
+    it gets the usual permissions (umask), not mkstemp's owner-only 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:  # "x": never reuse a name
+        f.write(data)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -70,7 +79,12 @@ def _finite(obj: Any) -> Any:
 
 def voc_palette() -> list[int]:
     """The PASCAL VOC colour map (as Labelme/imgviz write it): 256 RGB triples, flattened."""
-    palette = []
+    return list(_voc_palette())
+
+
+@functools.cache
+def _voc_palette() -> tuple[int, ...]:
+    palette: list[int] = []
     for index in range(256):
         r = g = b = 0
         c = index
@@ -80,7 +94,7 @@ def voc_palette() -> list[int]:
             b |= ((c >> 2) & 1) << (7 - j)
             c >>= 3
         palette += [r, g, b]
-    return palette
+    return tuple(palette)
 
 
 def mask_png_bytes(mask: np.ndarray) -> bytes:
@@ -88,9 +102,10 @@ def mask_png_bytes(mask: np.ndarray) -> bytes:
     if mask.dtype != np.uint8 or mask.ndim != 2:
         raise ValueError(f"mask must be a 2-D uint8 array, got {mask.dtype} {mask.shape}")
     image = Image.fromarray(mask, mode="P")
-    image.putpalette(voc_palette())
+    image.putpalette(_voc_palette())
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
+    # run-length deflate: masks are long runs of one value (faster and smaller than level 1)
+    image.save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
     return buffer.getvalue()
 
 
@@ -102,7 +117,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     """Read a class-index mask PNG as a 2-D uint8 array (palette indices, not colours)."""
     with Image.open(path) as image:
         if image.mode not in ("P", "L"):
-            raise ValueError(f"{path}: mask must be a palette or grayscale PNG, got mode {image.mode}")
+            raise ValueError(
+                f"{path}: mask must be a palette or grayscale PNG, got mode {image.mode}")
         return np.asarray(image, dtype=np.uint8).copy()
 
 
@@ -111,3 +127,258 @@ def read_rgb(path: str | Path) -> np.ndarray:
     annotation frame already."""
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+# --------------------------------------------------------------------------------------------
+# Images: probe without a full decode, keep original bytes, rotate only when asked.
+
+#: EXIF orientations whose display swaps width and height (90/270 degree turns).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
+#: PIL format name -> file extension for prepared images.
+_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "GIF": "gif", "TIFF": "tif",
+               "WEBP": "webp", "MPO": "jpg"}
+#: What PIL raises on a corrupt, truncated or hostile file (no bare `except Exception`).
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
+               zlib.error, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+class ImageError(ValueError):
+    """An image that cannot be used: unreadable, corrupt, truncated or too large."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(message)
+        self.check = check  # "image_corrupt" or "image_too_large"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What convert needs to know about an image, read without a full-size decode."""
+
+    format: str  # PIL format name, e.g. "JPEG"
+    width: int  # size as stored (raw pixel rows), before any EXIF rotation
+    height: int
+    orientation: int = 1  # EXIF orientation 1..8; 1 when absent or invalid
+
+    @property
+    def rotated_size(self) -> tuple[int, int]:
+        """Size as a viewer shows it (after EXIF rotation)."""
+        if self.orientation in _SWAPPING_ORIENTATIONS:
+            return self.height, self.width
+        return self.width, self.height
+
+    @property
+    def extension(self) -> str:
+        return _EXTENSIONS.get(self.format, self.format.lower())
+
+
+@contextmanager
+def _open_image(data: bytes) -> Iterator[Image.Image]:
+    """Open image bytes; a decompression bomb (even Pillow's warning level) is an ImageError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError("image_too_large", f"image is too large to decode safely "
+                             f"(Pillow's decompression-bomb limit): {exc}") from None
+        except Image.UnidentifiedImageError:
+            raise ImageError("image_corrupt", "not a readable image: unknown or unsupported "
+                             "format (must be JPEG, PNG, BMP, GIF, TIFF or WebP)") from None
+        except _PIL_ERRORS as exc:
+            raise ImageError("image_corrupt", f"not a readable image: {_reason(exc)}") from None
+        with image:
+            yield image
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+def probe_image(data: bytes) -> ImageInfo:
+    """Size, format and EXIF orientation of image bytes, and proof that they decode.
+
+    JPEGs decode in draft mode (1/8 scale: the whole entropy-coded stream is still read,
+    so truncated or corrupt files fail, at a fraction of the cost); other formats decode
+    fully. Raises ImageError for anything unusable; never hangs on a huge header.
+    """
+    with _open_image(data) as image:
+        info = ImageInfo(image.format or "unknown", image.width, image.height)
+        try:
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        except _PIL_ERRORS:
+            orientation = 1  # unreadable EXIF: the pixels are what they are
+        if not isinstance(orientation, int) or not 1 <= orientation <= 8:
+            orientation = 1
+        info = ImageInfo(info.format, info.width, info.height, orientation)
+        try:
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+        except _PIL_ERRORS as exc:
+            raise ImageError("image_corrupt", f"image does not decode: {_reason(exc)}") from None
+    return info
+
+
+def prepared_image(data: bytes, info: ImageInfo, rotate: bool) -> tuple[bytes, str]:
+    """Bytes and extension of the image as it should be stored: in the annotation frame,
+    with no EXIF rotation left for a viewer to apply.
+
+    No EXIF orientation: the original bytes. Orientation but annotated in the raw frame:
+    the original JPEG bytes with the orientation tag set to 1 (lossless), other formats
+    re-encoded as PNG. Annotated in the rotated frame: rotated pixels, saved as PNG
+    (lossless, no EXIF).
+    """
+    if info.orientation == 1:
+        return data, info.extension
+    if not rotate and info.format == "JPEG":
+        patched = _jpeg_without_orientation(data)
+        if patched is not None:
+            return patched, info.extension
+    with _open_image(data) as image:
+        if rotate:
+            image = ImageOps.exif_transpose(image)
+        else:
+            image.load()
+        out = io.BytesIO()
+        image.save(out, format="PNG")  # no exif= argument: the orientation is gone
+    return out.getvalue(), "png"
+
+
+def _jpeg_without_orientation(data: bytes) -> bytes | None:
+    """The JPEG with its EXIF orientation tag set to 1, or None if the tag cannot be found."""
+    located = _jpeg_orientation_offset(data)
+    if located is None:
+        return None
+    offset, order = located
+    patched = data[:offset] + (1).to_bytes(2, order) + data[offset + 2:]
+    try:
+        if probe_image(patched).orientation != 1:
+            return None
+    except ImageError:
+        return None
+    return patched
+
+
+def _jpeg_orientation_offset(data: bytes) -> tuple[int, Literal["little", "big"]] | None:
+    """Byte offset and byte order of the orientation SHORT in the first EXIF IFD0."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan: no more headers
+            return None
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        segment = data[pos + 4:pos + 2 + length]
+        if marker == 0xE1 and segment[:6] == b"Exif\x00\x00":
+            return _tiff_orientation_offset(segment[6:], pos + 4 + 6)
+        pos += 2 + length
+    return None
+
+
+def _tiff_orientation_offset(tiff: bytes, base: int) -> tuple[int, Literal["little", "big"]] | None:
+    order: Literal["little", "big"]
+    if tiff[:2] == b"II":
+        order = "little"
+    elif tiff[:2] == b"MM":
+        order = "big"
+    else:
+        return None
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return None
+    for i in range(int.from_bytes(tiff[ifd:ifd + 2], order)):
+        entry = ifd + 2 + 12 * i
+        if entry + 12 > len(tiff):
+            return None
+        tag = int.from_bytes(tiff[entry:entry + 2], order)
+        kind = int.from_bytes(tiff[entry + 2:entry + 4], order)
+        count = int.from_bytes(tiff[entry + 4:entry + 8], order)
+        if tag == _EXIF_ORIENTATION:
+            return (base + entry + 8, order) if kind == 3 and count == 1 else None
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Masks as files: what the schema checks look at.
+
+@dataclass(frozen=True)
+class MaskInfo:
+    """Facts about an encoded mask, read back from its bytes."""
+
+    mode: str  # PIL mode, "P" for our palette PNGs
+    dtype: str  # numpy dtype of the decoded pixel array
+    channels: int
+    width: int
+    height: int
+    counts: tuple[int, ...]  # pixels per value 0..255 (empty unless 2-D uint8)
+
+
+def inspect_mask(data: bytes, mask: np.ndarray | None = None) -> MaskInfo:
+    """Facts about mask PNG bytes: mode, dtype, channels and size from the PNG itself, value
+    counts from decoding it, or from `mask` when given (the array these bytes losslessly
+    encode, which saves decoding them again)."""
+    with Image.open(io.BytesIO(data)) as image:
+        dtype = _MODE_DTYPES.get(image.mode, "other")
+        counts: tuple[int, ...] = ()
+        if image.mode in ("P", "L"):
+            source = image if mask is None else Image.fromarray(mask, mode="L")
+            counts = tuple(source.histogram())  # 256 counts, one per value
+        return MaskInfo(image.mode, dtype, len(image.getbands()), image.width, image.height,
+                        counts)
+
+
+#: numpy dtype of the array PIL gives for a mode (what np.asarray(image) would return).
+_MODE_DTYPES = {"1": "bool", "L": "uint8", "P": "uint8", "LA": "uint8", "PA": "uint8",
+                "RGB": "uint8", "RGBA": "uint8", "I;16": "uint16", "I": "int32", "F": "float32"}
+
+
+# --------------------------------------------------------------------------------------------
+# Files: hashing, tables, clean-up of interrupted runs.
+
+def file_hash(path: str | Path) -> str | None:
+    """content_hash of a file's bytes, or None when the file does not exist."""
+    try:
+        return content_hash(Path(path).read_bytes())
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write a table as CSV with '\\n' line ends and no index (byte-stable)."""
+    write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+
+
+def remove_temp_files(root: str | Path) -> int:
+    """Remove the `.<name>.*.tmp` files an interrupted atomic write left under `root`."""
+    removed = 0
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):
+                Path(dirpath, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def prune_files(root: str | Path, keep: set[str]) -> list[str]:
+    """Delete every file under `root` whose posix path relative to `root` is not in `keep`,
+    then the directories left empty. Returns the removed paths (sorted)."""
+    root = Path(root)
+    removed = []
+    for dirpath, _, names in os.walk(root, topdown=False):
+        prefix = Path(dirpath).relative_to(root).as_posix() + "/"
+        prefix = "" if prefix == "./" else prefix
+        for name in names:
+            if prefix + name not in keep:
+                Path(dirpath, name).unlink(missing_ok=True)
+                removed.append(prefix + name)
+        if prefix and not os.listdir(dirpath):
+            os.rmdir(dirpath)
+    return sorted(removed)

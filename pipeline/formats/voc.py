@@ -222,11 +222,13 @@ def _find_image(
     filename = _text(root, "filename")
     name = PurePosixPath(filename.replace("\\", "/")).name if filename else ""
     dirs = _search_dirs(root, path.parent, raw_dir)
-    if name:
+    if name and is_image_name(name):  # the exact name in every folder before any stem search
         for directory in dirs:
             exact = directory / name
-            if is_image_name(name) and exact.is_file() and is_inside(exact, raw_dir):
+            if exact.is_file() and is_inside(exact, raw_dir):
                 return rel_posix(exact, raw_dir), []
+    if name:
+        for directory in dirs:
             stem = PurePosixPath(name).stem if is_image_name(name) else name
             found = find_image_by_stem(directory, stem)
             if found is not None and is_inside(found, raw_dir):

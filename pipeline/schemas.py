@@ -1,0 +1,158 @@
+"""Pandera schemas for what `convert` hands to the later stages: the manifest and the masks.
+
+`check_manifest` and `check_masks` return readable problems (empty when all is well); the
+convert stage runs both before it ends and fails with those problems. The schemas are built
+per run because they depend on the declared classes and on the output directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaError, SchemaErrors
+
+_HASH = r"^[0-9a-f]{32}$"
+_FORMAT = r"^(labelme|voc|yolo)(\+(labelme|voc|yolo))*$"
+_FIXED = ("id", "annotation", "image", "mask", "format", "width", "height", "n_shapes",
+          "group", "image_hash", "mask_hash", "key")
+
+
+def _files_under(root: Path) -> set[str]:
+    """Posix paths relative to root.parent of every file under root (e.g. 'masks/a/b.png')."""
+    found = set()
+    for dirpath, _, names in os.walk(root):
+        rel = Path(dirpath).relative_to(root.parent).as_posix()
+        found.update(f"{rel}/{name}" for name in names)
+    return found
+
+
+def manifest_schema(classes: Sequence[str], out_dir: Path) -> pa.DataFrameSchema:
+    """The manifest: columns in order, types, ranges, unique ids sorted, paths that follow the
+    id, groups that name a sample, pixel counts adding up to the image area, and exactly one
+    row per mask file in `out_dir/masks` (each of which exists)."""
+    count = pa.Column(int)  # >= 0: one table-level check for all counts (cheaper than one each)
+    columns = {
+        "id": pa.Column(str, [pa.Check.str_length(min_value=1),
+                              pa.Check(lambda s: ~s.str.startswith("/")
+                                       & ~s.str.contains(r"(?:^|/)\.\.(?:/|$)"),
+                                       error="id must be a relative path inside the raw dir")],
+                        unique=True),
+        "annotation": pa.Column(str, pa.Check.str_length(min_value=1)),
+        "image": pa.Column(str, pa.Check.str_startswith("images/")),
+        "mask": pa.Column(str, [pa.Check.str_startswith("masks/"), pa.Check(
+            lambda s: s.map(lambda m: (out_dir / m).is_file()), element_wise=False,
+            error="mask file must exist")], unique=True),
+        "format": pa.Column(str, pa.Check.str_matches(_FORMAT)),
+        "width": pa.Column(int, pa.Check.ge(1)),
+        "height": pa.Column(int, pa.Check.ge(1)),
+        "n_shapes": pa.Column(int, pa.Check.ge(0)),
+        "group": pa.Column(str),
+        "image_hash": pa.Column(str, pa.Check.str_matches(_HASH)),
+        "mask_hash": pa.Column(str, pa.Check.str_matches(_HASH)),
+        "key": pa.Column(str, pa.Check.str_matches(_HASH)),
+        **{f"px.{c}": count for c in classes},
+        "px.ignore": count,
+    }
+    px = [f"px.{c}" for c in classes] + ["px.ignore"]
+    masks_on_disk = _files_under(out_dir / "masks")
+    checks = [
+        pa.Check(lambda df: df["id"].is_monotonic_increasing, error="rows must be sorted by id"),
+        pa.Check(lambda df: df["mask"] == "masks/" + df["id"] + ".png",
+                 error="mask must be masks/<id>.png"),
+        pa.Check(lambda df: df["image"].str.rsplit(".", n=1).str[0] == "images/" + df["id"],
+                 error="image must be images/<id>.<ext>"),
+        pa.Check(lambda df: df["group"].isin(set(df["id"])) & (df["group"] <= df["id"]),
+                 error="group must be the smallest id of its duplicate-image group"),
+        pa.Check(lambda df: (df[px] >= 0).all(axis=1), error="pixel counts must be >= 0"),
+        pa.Check(lambda df: df[px].sum(axis=1) == df["width"] * df["height"],
+                 error="pixel counts must add up to width x height"),
+        pa.Check(lambda df: set(df["mask"]) == masks_on_disk,
+                 error="one row per mask file in masks/ (no mask file without a row)"),
+    ]
+    return pa.DataFrameSchema(columns, checks=checks, strict=True, ordered=True,
+                              name="manifest.csv")
+
+
+def mask_schema(n_classes: int) -> pa.DataFrameSchema:
+    """One row of facts per mask file (read back from its bytes): uint8, a single channel,
+    values that are a class index or 255, and the size of its image."""
+    size = pa.Column(int, pa.Check.ge(1))
+    return pa.DataFrameSchema(
+        {
+            "mask": pa.Column(str, unique=True),
+            "mode": pa.Column(str, pa.Check.isin(["P", "L"])),
+            "dtype": pa.Column(str, pa.Check.eq("uint8")),
+            "channels": pa.Column(int, pa.Check.eq(1)),
+            "width": size,
+            "height": size,
+            "image_width": size,
+            "image_height": size,
+            "stray_pixels": pa.Column(int, pa.Check.eq(0), description=(
+                f"pixels whose value is neither a class index (< {n_classes}) nor 255")),
+        },
+        checks=[pa.Check(lambda df: (df["width"] == df["image_width"])
+                         & (df["height"] == df["image_height"]),
+                         error="mask size must equal its image's size")],
+        strict=True, name="masks")
+
+
+def _problems(schema: pa.DataFrameSchema, frame: pd.DataFrame, limit: int = 20) -> list[str]:
+    """Readable failures: one line per (column, check), naming the rows' ids and examples."""
+    try:
+        schema.validate(frame)  # valid data (the usual case) stops here, at half the cost
+        return []
+    except SchemaError:
+        pass
+    try:
+        schema.validate(frame, lazy=True)  # collect every failure
+    except SchemaErrors as exc:
+        cases = exc.failure_cases.astype({"column": object, "check": str})
+        cases["column"] = cases["column"].where(cases["schema_context"] == "Column", None)
+        out = []
+        for (column, check), found in cases.groupby(["column", "check"], dropna=False,
+                                                    sort=False):
+            rows = sorted({int(i) for i in found["index"] if isinstance(i, (int, float))
+                           and i == i})
+            where = f"column {column!r}" if isinstance(column, str) else "table"
+            what = [str(frame["id"].iloc[r]) for r in rows[:5]] if "id" in frame and rows \
+                and rows[-1] < len(frame) else []
+            shown = f" for id {what}" if what else \
+                f" (got {sorted(set(map(str, found['failure_case'])))[:5]})"
+            more = f" and {len(rows) - 5} more rows" if len(rows) > 5 else ""
+            out.append(f"{schema.name}: {where}: failed {check}{shown}{more}")
+        return out[:limit] + ([f"{schema.name}: ... {len(out) - limit} more"]
+                              if len(out) > limit else [])
+    return []
+
+
+def check_manifest(manifest: pd.DataFrame, classes: Sequence[str], out_dir: Path) -> list[str]:
+    """Problems of the manifest table against `manifest_schema` (empty list: valid)."""
+    problems = _problems(manifest_schema(classes, Path(out_dir)), manifest)
+    if any("one row per mask file" in p for p in problems) and "mask" in manifest:
+        on_disk, rows = _files_under(Path(out_dir) / "masks"), set(manifest["mask"])
+        problems.append("manifest.csv: mask files without a row: "
+                        f"{sorted(on_disk - rows)[:5]}; rows without a file: "
+                        f"{sorted(rows - on_disk)[:5]}")
+    return problems
+
+
+def check_masks(masks: pd.DataFrame, manifest: pd.DataFrame, n_classes: int) -> list[str]:
+    """Problems of the mask facts against `mask_schema`, plus one facts row per manifest mask
+    with the manifest's size."""
+    problems = _problems(mask_schema(n_classes), masks)
+    sizes = manifest.set_index("mask")[["width", "height"]]
+    facts = masks.set_index("mask")[["width", "height"]] if "mask" in masks else sizes.iloc[:0]
+    if set(facts.index) != set(sizes.index):
+        missing = sorted(set(sizes.index) - set(facts.index))[:5]
+        extra = sorted(set(facts.index) - set(sizes.index))[:5]
+        problems.append(f"masks: there must be one facts row per manifest mask; missing "
+                        f"{missing}, extra {extra}")
+    else:
+        differ = (facts.loc[sizes.index] != sizes).any(axis=1)
+        problems += [f"masks: {m}: mask size must equal the manifest's width x height"
+                     for m in differ[differ].index[:5]]
+    return problems
