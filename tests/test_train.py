@@ -1,0 +1,221 @@
+"""pipeline.train and pipeline.losses: the training stage on a tiny dataset (32 px, depth 2,
+base width 4, a few steps), resume after a stop, DVCLive logs, the CLI, and the losses."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from test_data import CLASSES, make_dataset
+
+from pipeline import data
+from pipeline.cli import main
+from pipeline.errors import ParamsError
+from pipeline.io import IGNORE
+from pipeline.losses import cross_entropy, dice_loss, make_loss
+from pipeline.model import load_model
+from pipeline.params import Params, parse_params
+from pipeline.train import lr_at, train
+
+
+def tiny_params(root: Path, **train: Any) -> dict[str, Any]:
+    """params.yaml content for the tiny dataset under root (paths relative to root)."""
+    section = {"image_size": 32, "depth": 2, "base_width": 4, "epochs": 3, "batch_size": 4,
+               "lr": 0.01, "threads": 1, "seed": 0, "model_path": "models/model.pt",
+               "checkpoint_path": "models/checkpoint.pt", "cache_dir": "cache",
+               "log_dir": "reports/train"}
+    section.update(train)
+    return {"classes": list(CLASSES), "convert": {"out_dir": str(root / "prepared")},
+            "split": {"splits_path": str(root / "splits" / "splits.csv")},
+            "train": {k: str(root / v) if k.endswith(("_path", "_dir")) else v
+                      for k, v in section.items()}}
+
+
+def _params(root: Path, **train: Any) -> Params:
+    return parse_params(tiny_params(root, **train))
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert list(a) == list(b)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    make_dataset(tmp_path, n=12, n_val=4)
+    return tmp_path
+
+
+def test_training_writes_model_checkpoint_and_logs(tiny: Path) -> None:
+    result = train(_params(tiny), progress=False)
+    assert result.start_epoch == 0 and result.epochs_done == 3
+    assert [h.epoch for h in result.history] == [1, 2, 3]
+    assert all(h.loss > 0 for h in result.history)
+    model, info = load_model(tiny / "models" / "model.pt")
+    assert info.classes == CLASSES and info.image_size == 32
+    assert info.config.depth == 2 and info.config.base_width == 4
+    manifest = tiny / "prepared" / "manifest.csv"
+    assert info.data_fingerprint == data.data_fingerprint(manifest, tiny / "splits/splits.csv")
+    ckpt = torch.load(tiny / "models" / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 3 and ckpt["scheduler"] == {"step": 6}
+    assert set(ckpt) >= {"model", "optimizer", "rng", "data_fingerprint", "resume_key"}
+    _assert_same_state(ckpt["model"]["state_dict"], model.state_dict())
+    logs = tiny / "reports" / "train"
+    metrics = json.loads((logs / "metrics.json").read_text())
+    assert metrics["step"] == 2 and set(metrics) >= {"train", "val"}
+    assert set(metrics["val"]) >= {"miou", "iou"}
+    loss_rows = (logs / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert len(loss_rows) == 4  # header + 3 epochs
+    assert not (logs / "dvc.yaml").exists()
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tiny: Path) -> None:
+    first = train(_params(tiny, epochs=1, resume=False), progress=False).weights_hash
+    again = train(_params(tiny, epochs=1, resume=False), progress=False).weights_hash
+    other = train(_params(tiny, epochs=1, resume=False, seed=1), progress=False).weights_hash
+    assert first == again and other != first
+
+
+def test_a_stopped_run_resumes_to_the_same_weights(tiny: Path) -> None:
+    full = train(_params(tiny, epochs=4, model_path="full/model.pt",
+                         checkpoint_path="full/ckpt.pt"), progress=False)
+    kw = {"epochs": 4, "model_path": "parts/model.pt", "checkpoint_path": "parts/ckpt.pt"}
+    part = train(_params(tiny, **kw), stop_after=1, progress=False)
+    assert part.epochs_done == 1 and not (tiny / "parts" / "model.pt").exists()
+    part = train(_params(tiny, **kw), stop_after=2, progress=False)
+    assert (part.start_epoch, part.epochs_done) == (1, 3)
+    rest = train(_params(tiny, **kw), progress=False)
+    assert (rest.start_epoch, rest.epochs_done) == (3, 4)
+    _assert_same_state(_state(tiny / "full" / "model.pt"), _state(tiny / "parts" / "model.pt"))
+    def numbers(history: tuple) -> list[tuple]:
+        return [(h.epoch, h.loss, h.lr, h.val_miou, h.val_iou) for h in history]
+
+    assert numbers(rest.history) == numbers(full.history)  # the resumed epochs' logs carried
+    assert rest.weights_hash == full.weights_hash
+    # a finished checkpoint: nothing left to train, the model is written again
+    again = train(_params(tiny, **kw), progress=False)
+    assert (again.start_epoch, again.epochs_done, again.weights_hash) == (4, 4, full.weights_hash)
+
+
+def test_checkpoint_of_other_config_or_data_is_not_resumed(tiny: Path, capsys) -> None:
+    train(_params(tiny, epochs=2), stop_after=1, progress=False)
+    capsys.readouterr()
+    other = train(_params(tiny, epochs=2, lr=0.02), stop_after=1, progress=False)
+    assert other.start_epoch == 0
+    assert "starting fresh: " in capsys.readouterr().err
+    # a changed split changes the data fingerprint
+    splits = tiny / "splits" / "splits.csv"
+    splits.write_text(splits.read_text().replace("img_000,train", "img_000,val"))
+    fresh = train(_params(tiny, epochs=2, lr=0.02), stop_after=1, progress=False)
+    assert fresh.start_epoch == 0
+    assert "trained on other data" in capsys.readouterr().err
+    # the resume-irrelevant fields (threads, paths of logs) do not block a resume
+    resumed = train(_params(tiny, epochs=2, lr=0.02, threads=2), progress=False)
+    assert resumed.start_epoch == 1 and resumed.epochs_done == 2
+
+
+def test_config_errors_are_reported_together(tiny: Path) -> None:
+    with pytest.raises(ParamsError) as info:
+        train(_params(tiny, loss="focal", amp="fp16", batch_size=0, image_size=2),
+              progress=False)
+    message = str(info.value)
+    for part in ("train.loss must be one of ['ce', 'dice', 'ce_dice'], got 'focal'",
+                 "train.amp must be one of", "train.batch_size must be >= 1, got 0",
+                 "train.image_size must be >= 2**depth = 4, got 2"):
+        assert part in message
+
+
+def test_bf16_autocast_trains_on_cpu(tiny: Path) -> None:
+    result = train(_params(tiny, epochs=1, amp="bf16", channels_last="on"), progress=False)
+    assert result.epochs_done == 1
+    assert torch.isfinite(torch.tensor(result.history[0].loss))
+    model, _ = load_model(tiny / "models" / "model.pt")
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+
+
+def test_grad_accum_trains_the_global_batch(tiny: Path) -> None:
+    result = train(_params(tiny, epochs=1, batch_size=2, grad_accum=2), progress=False)
+    assert result.epochs_done == 1
+    ckpt = torch.load(tiny / "models" / "checkpoint.pt", weights_only=True)
+    assert ckpt["scheduler"] == {"step": 2}  # 8 train images / global batch 4
+
+
+def test_cli_trains_and_reports_errors_in_one_line(tiny: Path, monkeypatch, capsys) -> None:
+    params_file = tiny / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params(tiny, epochs=1)))
+    monkeypatch.chdir(tiny)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setattr(sys, "argv", ["segpipe", "train", "--params", str(params_file)])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    assert "epoch 1/1: loss" in capsys.readouterr().err
+    assert (tiny / "models" / "model.pt").is_file()
+    (tiny / "prepared" / "manifest.csv").unlink()
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.strip().endswith("manifest.csv: file not found")
+    assert "Traceback" not in err
+
+
+def test_lr_warms_up_then_decays_to_zero() -> None:
+    values = [lr_at(step, 100, 10, 1.0) for step in range(101)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0) and values[100] == pytest.approx(0.0)
+    assert all(a >= b for a, b in itertools.pairwise(values[9:]))
+
+
+# ---------------------------------------------------------------- losses
+
+
+def _logits_target(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 4, 8, 8, generator=g)
+    target = torch.randint(0, 4, (2, 8, 8), generator=g)
+    target[0, :3] = IGNORE
+    return logits, target
+
+
+def test_cross_entropy_ignores_255_and_weights_classes() -> None:
+    logits, target = _logits_target()
+    weight = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    assert torch.allclose(cross_entropy(logits, target),
+                          F.cross_entropy(logits, target, ignore_index=IGNORE))
+    assert torch.allclose(cross_entropy(logits, target, weight),
+                          F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE))
+    assert cross_entropy(logits, torch.full_like(target, IGNORE)).item() == 0.0  # not NaN
+
+
+def test_dice_skips_ignored_pixels() -> None:
+    logits, target = _logits_target()
+    changed = logits.clone()
+    changed[0, :, :3] = 100.0 * torch.randn(4, 3, 8)  # anything at ignored pixels
+    assert torch.equal(dice_loss(logits, target), dice_loss(changed, target))
+    perfect = F.one_hot(torch.where(target == IGNORE, 0, target), 4).permute(0, 3, 1, 2) * 50.0
+    assert dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 < dice_loss(logits, target).item() < 1.0
+
+
+def test_make_loss_combines_and_checks() -> None:
+    logits, target = _logits_target()
+    both = make_loss("ce_dice", 4)(logits, target)
+    assert torch.allclose(both, cross_entropy(logits, target) + dice_loss(logits, target))
+    assert torch.equal(make_loss("dice", 4)(logits, target), dice_loss(logits, target))
+    with pytest.raises(ValueError, match="loss must be one of"):
+        make_loss("focal", 4)
+    with pytest.raises(ValueError, match=r"one weight per class \(4\), got 2"):
+        make_loss("ce", 4, (1.0, 2.0))
