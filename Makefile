@@ -25,7 +25,6 @@ test: setup
 
 lint: setup
 	ruff check pipeline tests bench
-	ruff format --check pipeline tests bench
 
 clean:
 	rm -rf data/prepared data/cache models reports/eval reports/train
