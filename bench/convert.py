@@ -11,9 +11,12 @@
    image, save it as a palette PNG (and copy the image file, as convert does).
 4. Adds one file (a copy of a raccoon XML + JPEG under a new name) and times the re-run,
    in-process and as a `segpipe convert` subprocess (interpreter start and imports included).
+   Both use the hash memo that `segpipe convert` uses (`default_memo_path`, deleted before
+   the full conversion), so the re-run reads only the new files.
 
 Figures: files/s and megapixels/s (image area of the converted samples) for both, their ratio,
-and the incremental re-run time as a share of the full conversion. The machine is shared:
+and the incremental re-run time as a share of the full conversion; CPU seconds (this process
+and its pool workers) per file for both, the figure to compare when the machine is shared:
 the load average is printed beside the figures.
 """
 
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import io as pio  # noqa: E402
 from pipeline import schemas  # noqa: E402, F401 - imported before timing, as the CLI does
-from pipeline.convert import run_convert  # noqa: E402
+from pipeline.convert import default_memo_path, load_memo, run_convert  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -148,10 +151,11 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def timed_convert(work: Path, jobs: int) -> tuple[object, float, float]:
+def timed_convert(work: Path, jobs: int, memo_path: Path) -> tuple[object, float, float]:
     params = load_params(work / "params.yaml")
     cpu, start = cpu_seconds(), time.perf_counter()
-    summary = run_convert(params, jobs=jobs, params_path="params.yaml", progress=False)
+    summary = run_convert(params, jobs=jobs, params_path="params.yaml", progress=False,
+                          memo_path=memo_path)
     return summary, time.perf_counter() - start, cpu_seconds() - cpu
 
 
@@ -171,20 +175,27 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     print(f"cores available: {cores}; load average before: {os.getloadavg()}")
 
-    summary, full, full_cpu = timed_convert(work, args.jobs)
+    memo_path = default_memo_path(Path("raw"))  # what `segpipe convert` run here uses
+    memo_path.unlink(missing_ok=True)  # a cold start: every input is read and hashed
+    summary, full, full_cpu = timed_convert(work, args.jobs, memo_path)
     manifest = (work / "prepared" / "manifest.csv").read_text().splitlines()[1:]
     pixels = sum(int(r.split(",")[5]) * int(r.split(",")[6]) for r in manifest)
     print(f"convert (-j {args.jobs or cores}): {summary.seen} samples, {summary.converted} "
           f"converted in {full:.2f} s: {summary.seen / full:.1f} files/s, "
           f"{pixels / 1e6 / full:.1f} MP/s; {full_cpu:.2f} CPU-s = "
-          f"{summary.seen / full_cpu:.1f} files per CPU-s")
+          f"{summary.seen / full_cpu:.1f} files per CPU-s ({full_cpu / summary.seen * 1e3:.2f} "
+          "CPU-ms/file)")
 
+    known = len(load_memo(memo_path, Path("raw")))
+    print(f"  hash memo after the full run: {known} of {summary.seen * 2} inputs (an input "
+          "changed within a moment of being read is left out; the re-run reads it again)")
     cpu = cpu_seconds()
     n_ref, ref_pixels, ref_time = reference(work / "raw", work / "reference")
     ref_cpu = cpu_seconds() - cpu
     print(f"reference (1 process): {n_ref} files in {ref_time:.2f} s: "
           f"{n_ref / ref_time:.1f} files/s, {ref_pixels / 1e6 / ref_time:.1f} MP/s; "
-          f"{ref_cpu:.2f} CPU-s = {n_ref / ref_cpu:.1f} files per CPU-s")
+          f"{ref_cpu:.2f} CPU-s = {n_ref / ref_cpu:.1f} files per CPU-s "
+          f"({ref_cpu / n_ref * 1e3:.2f} CPU-ms/file)")
     print(f"ratio convert / reference (files/s): {(summary.seen / full) / (n_ref / ref_time):.2f}x")
     from pipeline import formats
 
@@ -201,7 +212,7 @@ def main() -> None:
     extra.mkdir(exist_ok=True)
     shutil.copy(args.realdata / "raccoon-voc/annotations/raccoon-1.xml", extra / "new-1.xml")
     shutil.copy(args.realdata / "raccoon-voc/images/raccoon-1.jpg", extra / "raccoon-1.jpg")
-    summary, incremental, _ = timed_convert(work, args.jobs)
+    summary, incremental, _ = timed_convert(work, args.jobs, memo_path)
     print(f"re-run after adding 1 file to {summary.seen - 1}: {summary.processed} processed, "
           f"{summary.reused} reused in {incremental:.3f} s = "
           f"{incremental / full:.1%} of the full conversion (in-process)")

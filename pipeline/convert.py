@@ -18,9 +18,13 @@ others. The stage fails (exit 1, one screen, no traceback) only when `convert.st
 and something was rejected, or when the rejected share exceeds `convert.max_error_fraction`.
 
 Incremental: `<out_dir>/.convert-cache.json` keeps, per sample, the key (content hashes of its
-annotation(s), its image and the params that change masks), its manifest row and its issues,
-so rejected samples are remembered too. A sample whose key and outputs are unchanged is
-reused; only new or changed samples are converted, in parallel (`-j`). Outputs of samples that
+annotation(s), its image and the params that change masks), its manifest row, its issues and
+whether its row passed the schema checks, so rejected samples are remembered too. A sample
+whose key and outputs are unchanged is reused; only new or changed samples are converted, in
+parallel (`-j`), and only their rows get the per-row schema checks (the whole table gets the
+table-wide ones). The hash memo (`default_memo_path`, outside the repo) maps each input's
+stamp (size, mtime, ctime, inode) to its content hash, so a re-run reads only the inputs
+whose stamp changed; the key stays the content hash. Outputs of samples that
 are gone (or now rejected) are removed. Every write is atomic, and the cache is saved every
 few seconds, so a killed run loses at most that much work and leaves no half-written file.
 The output bytes do not depend on `-j` or on what was reused.
@@ -28,6 +32,8 @@ The output bytes do not depend on `-j` or on what was reused.
 
 from __future__ import annotations
 
+import enum
+import functools
 import json
 import multiprocessing
 import os
@@ -35,10 +41,10 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 from tqdm import tqdm
@@ -57,6 +63,11 @@ LABELME_ROTATES_FROM = (3, 11)
 #: Least seconds between cache saves while converting (what a killed run can lose); more
 #: when a save is slow, so that saving stays a small share of the run.
 CACHE_SAVE_EVERY = 2.0
+#: An input changed less than this many seconds before it was read is not put in the hash
+#: memo (a write within one tick of the file system's clock could repeat its stamp): for
+#: whole-second timestamps, and for sub-second ones (see io.FileStamp.settled).
+MEMO_SETTLE_S = 1.0
+MEMO_SETTLE_FINE_S = 0.1
 FIXED_COLUMNS = ("id", "annotation", "image", "mask", "format", "width", "height", "n_shapes",
                  "group", "image_hash", "mask_hash", "key")
 
@@ -81,8 +92,7 @@ class Sample:
 def find_samples(raw_dir: Path) -> list[Sample]:
     """Every annotation under `raw_dir`, grouped by sample id; sorted by id."""
     grouped: dict[str, list[str]] = defaultdict(list)
-    for path in formats.find_annotations(raw_dir):
-        rel = path.relative_to(raw_dir).as_posix()  # what formats.rel_posix gives, cheaper
+    for rel in formats.find_annotation_paths(raw_dir):
         grouped[rel.rpartition(".")[0]].append(rel)  # the sample id: no extension
     return [Sample(i, tuple(sorted(grouped[i]))) for i in sorted(grouped)]
 
@@ -217,6 +227,8 @@ class Outcome:
     outputs: dict[str, int] = field(default_factory=dict)  # out-relative path -> size
     source_hash: str | None = None  # hash of the image bytes as given (duplicate detection)
     cacheable: bool = True
+    #: inputs this run read, with their stamps: what the hash memo learns (not cached)
+    stamps: dict[str, MemoEntry] = field(default_factory=dict)
 
     @property
     def converted(self) -> bool:
@@ -228,22 +240,54 @@ def convert_sample(task: Task) -> Outcome:
     an error Issue; an unexpected exception becomes an "internal_error" Issue naming the file
     (and the sample is not cached, so it is retried on the next run)."""
     try:
-        return _convert_sample(task)
+        return _convert_sample(task, io.replace_bytes)
     except Exception as exc:  # reported below as an issue naming the file, never hidden
-        file = ";".join(task.sample.annotations)
-        message = (f"converting {file} failed unexpectedly: {type(exc).__name__}: {exc} "
-                   "(a bug in segpipe; please report it with this file)")
-        return Outcome(task.sample.id, task.sample.annotations, "", {}, False,
-                       (Issue(file, None, "internal_error", "error", message),), cacheable=False)
+        return _internal_error(task, exc)
 
 
-def _convert_sample(task: Task) -> Outcome:
+def convert_chunk(tasks: Sequence[Task]) -> list[Outcome]:
+    """`convert_sample` for each task, in order, with the output files written by a helper
+    thread: creating files can block for milliseconds on a busy disk, and meanwhile this
+    process already decodes and draws the next sample. Returns when every file is written
+    (an outcome never names a file that is not there yet); a failed write makes its sample
+    an "internal_error", as in `convert_sample`."""
+    done: list[tuple[Task, Outcome, list[Future[None]]]] = []
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        for task in tasks:
+            writes: list[Future[None]] = []
+            try:
+                outcome = _convert_sample(task, functools.partial(_submit, writer, writes))
+            except Exception as exc:  # as in convert_sample: an issue naming the file
+                outcome = _internal_error(task, exc)
+            done.append((task, outcome, writes))
+    outcomes = []
+    for task, outcome, writes in done:
+        failed = next((f.exception() for f in writes if f.exception() is not None), None)
+        outcomes.append(outcome if failed is None else _internal_error(task, failed))
+    return outcomes
+
+
+def _submit(writer: ThreadPoolExecutor, writes: list[Future[None]], path: Path,
+            data: bytes) -> None:
+    writes.append(writer.submit(io.replace_bytes, path, data))
+
+
+def _internal_error(task: Task, exc: BaseException) -> Outcome:
+    file = ";".join(task.sample.annotations)
+    message = (f"converting {file} failed unexpectedly: {type(exc).__name__}: {exc} "
+               "(a bug in segpipe; please report it with this file)")
+    return Outcome(task.sample.id, task.sample.annotations, "", {}, False,
+                   (Issue(file, None, "internal_error", "error", message),), cacheable=False)
+
+
+def _convert_sample(task: Task, write: Callable[[Path, bytes], object]) -> Outcome:
     sample, raw_dir, out_dir = task.sample, Path(task.raw_dir), Path(task.out_dir)
     deps: dict[str, str | None] = {}
     issues: list[Issue] = []
     records: list[Record] = []
+    stamps: dict[str, MemoEntry] = {}
     for annotation in sample.annotations:
-        deps[annotation] = io.file_hash(raw_dir / annotation)
+        deps[annotation] = _hash_input(raw_dir, annotation, stamps)
         record, found = formats.read_annotation(raw_dir / annotation, raw_dir)
         issues += found
         if record is not None:
@@ -251,14 +295,15 @@ def _convert_sample(task: Task) -> Outcome:
 
     def rejected(tree: bool) -> Outcome:
         key = sample_key(task.pkey, deps, task.tree if tree else None)
-        return Outcome(sample.id, sample.annotations, key, deps, tree, tuple(issues))
+        return Outcome(sample.id, sample.annotations, key, deps, tree, tuple(issues),
+                       stamps=stamps)
 
     if len(records) != len(sample.annotations):
         return rejected(tree=True)  # a reader error (e.g. no image yet): recheck on new files
     record = formats.merge_records(records)
     declared = (record.width, record.height) if record.width and record.height else None
 
-    loaded, image_issues, image_deps = _load_image(record, raw_dir)
+    loaded, image_issues, image_deps = _load_image(record, raw_dir, stamps)
     issues += image_issues
     deps.update(image_deps)
     if loaded is None:
@@ -286,8 +331,9 @@ def _convert_sample(task: Task) -> Outcome:
     image_bytes, ext = io.prepared_image(data, info, frame.rotate)
     stored = info if image_bytes is data else io.probe_image(image_bytes)
     image_rel, mask_rel = f"images/{sample.id}.{ext}", f"masks/{sample.id}.png"
-    io.write_bytes(out_dir / image_rel, image_bytes)
-    io.write_bytes(out_dir / mask_rel, mask_png)
+    # run_convert made the directories (io.make_dirs): one mkdir per directory, not per file
+    write(out_dir / image_rel, image_bytes)
+    write(out_dir / mask_rel, mask_png)
 
     facts = io.inspect_mask(mask_png, mask)
     n_classes = len(task.labels.classes)
@@ -310,13 +356,25 @@ def _convert_sample(task: Task) -> Outcome:
     }
     outputs = {image_rel: len(image_bytes), mask_rel: len(mask_png)}
     return Outcome(sample.id, sample.annotations, key, deps, False, tuple(issues), row,
-                   mask_facts, outputs, source_hash)
+                   mask_facts, outputs, source_hash, stamps=stamps)
 
 
-def _load_image(record: Record, raw_dir: Path
+def _hash_input(raw_dir: Path, rel: str, stamps: dict[str, MemoEntry]) -> str | None:
+    """io.file_hash of an input file, noting its stamp in `stamps` (when settled)."""
+    try:
+        data, stamp = io.read_stamped(raw_dir / rel)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    digest = io.content_hash(data)
+    if stamp.settled(time.time_ns(), MEMO_SETTLE_S, MEMO_SETTLE_FINE_S):
+        stamps[rel] = MemoEntry(stamp, digest)
+    return digest
+
+
+def _load_image(record: Record, raw_dir: Path, stamps: dict[str, MemoEntry]
                 ) -> tuple[tuple[bytes, io.ImageInfo] | None, list[Issue], dict[str, str | None]]:
     """The sample's image: embedded data first, else the file. Returns ((bytes, info) or None,
-    issues, {image file: hash} when a file was read)."""
+    issues, {image file: hash} when a file was read); notes the file's stamp in `stamps`."""
     file = record.annotation
     failures: list[io.ImageError] = []
     if record.image_data is not None:
@@ -328,14 +386,16 @@ def _load_image(record: Record, raw_dir: Path
     if record.image_path is not None:
         path = raw_dir / record.image_path
         try:
-            data = path.read_bytes()
+            data, stamp = io.read_stamped(path)
         except OSError as exc:
             deps[record.image_path] = None
             issue = Issue(file, None, "image_missing", "error",
                           f"image {record.image_path} must be a readable file, got "
                           f"{exc.strerror or exc}")
             return None, [issue], deps
-        deps[record.image_path] = io.content_hash(data)
+        deps[record.image_path] = digest = io.content_hash(data)
+        if stamp.settled(time.time_ns(), MEMO_SETTLE_S, MEMO_SETTLE_FINE_S):
+            stamps[record.image_path] = MemoEntry(stamp, digest)
         try:
             info = io.probe_image(data)
         except io.ImageError as exc:
@@ -388,35 +448,109 @@ def to_entry(outcome: Outcome) -> dict[str, Any]:
             "source_hash": outcome.source_hash}
 
 
-def _from_entry(sample_id: str, entry: dict[str, Any]) -> Outcome:
+def _from_entry(sample_id: str, entry: dict[str, Any],
+                stamps: dict[str, MemoEntry] | None = None) -> Outcome:
     return Outcome(
         id=sample_id, annotations=tuple(entry["annotations"]), key=entry["key"],
         deps=dict(entry["deps"]), tree=bool(entry["tree"]),
         issues=tuple(Issue(**i) for i in entry["issues"]), row=entry["row"],
-        mask=entry["mask"], outputs=dict(entry["outputs"]), source_hash=entry["source_hash"])
+        mask=entry["mask"], outputs=dict(entry["outputs"]), source_hash=entry["source_hash"],
+        stamps=stamps or {})
 
 
 def reusable(sample: Sample, entry: dict[str, Any] | None, raw_dir: Path, out_dir: Path,
-             pkey: str, tree: str) -> Outcome | None:
-    """The cached outcome of `sample` when its key still holds and its outputs are in place."""
+             pkey: str, tree: str, memo: dict[str, MemoEntry] | None = None,
+             read: bool = True) -> Outcome | NeedsRead | None:
+    """The cached outcome of `sample` when its key still holds and its outputs are in place.
+
+    The key is made of content hashes; `memo` gives the hash of an input whose stamp is
+    unchanged without reading it. With `read=False`, an input the memo cannot vouch for
+    gives NEEDS_READ instead of being read (the caller reads those in threads). The inputs
+    hashed (or confirmed through the memo) go to the returned outcome's `stamps`."""
     if entry is None:
         return None
-    try:
-        cached = _from_entry(sample.id, entry)
-    except (KeyError, TypeError):
+    try:  # a malformed entry (a cache from another version, edited by hand) is not reused
+        if tuple(entry["annotations"]) != sample.annotations:
+            return None
+        cached_deps, key, outputs = dict(entry["deps"]), entry["key"], dict(entry["outputs"])
+        with_tree = bool(entry["tree"])
+    except (KeyError, TypeError, ValueError):
         return None
-    if cached.annotations != sample.annotations:
+    raw, out = os.fspath(raw_dir), os.fspath(out_dir)  # os.path: this runs per sample
+    deps: dict[str, str | None] = {}
+    stamps: dict[str, MemoEntry] = {}
+    for path in cached_deps:
+        known = memo.get(path) if memo else None
+        if known is not None and io.file_stamp(os.path.join(raw, path)) == known.stamp:
+            deps[path] = known.hash
+            stamps[path] = known
+        elif not read:
+            return NEEDS_READ
+        else:
+            deps[path] = _hash_input(raw_dir, path, stamps)
+    if sample_key(pkey, deps, tree if with_tree else None) != key:
         return None
-    deps = {path: io.file_hash(raw_dir / path) for path in cached.deps}
-    if sample_key(pkey, deps, tree if cached.tree else None) != cached.key:
-        return None
-    for rel, size in cached.outputs.items():
+    for rel, size in outputs.items():
         try:
-            if (out_dir / rel).stat().st_size != size:
+            if os.stat(os.path.join(out, rel)).st_size != size:
                 return None
         except OSError:
             return None
-    return cached
+    try:
+        return _from_entry(sample.id, entry, stamps)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class NeedsRead(enum.Enum):
+    """`reusable(read=False)` could not decide without reading an input."""
+
+    NEEDS_READ = "needs read"
+
+
+NEEDS_READ = NeedsRead.NEEDS_READ
+
+
+# --------------------------------------------------------------------------------------------
+# The hash memo: input stamp -> content hash, so a re-run need not read unchanged inputs
+
+
+class MemoEntry(NamedTuple):
+    """The content hash of an input file as it was when it had this stamp (a tuple: the
+    memo holds one per input file and is read on every run)."""
+
+    stamp: io.FileStamp
+    hash: str
+
+
+def default_memo_path(raw_dir: Path) -> Path:
+    """Where `segpipe convert` keeps the hash memo of `raw_dir`: the user's cache dir
+    ($XDG_CACHE_HOME, else ~/.cache) under segpipe/, one file per raw dir (by its absolute
+    path). Outside the repo on purpose: neither git nor DVC sees it, and the DVC outputs
+    stay a function of the inputs alone."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    name = io.content_hash(os.path.abspath(raw_dir).encode())[:16]
+    return root / "segpipe" / f"convert-hashes-{name}.json"
+
+
+def load_memo(path: Path, raw_dir: Path) -> dict[str, MemoEntry]:
+    """The memo of `raw_dir` (raw-relative path -> entry); empty when missing, unreadable,
+    of another version or another raw dir (then every input is read and hashed)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if raw.get("code") != CODE_VERSION or raw.get("raw_dir") != os.path.abspath(raw_dir):
+            return {}
+        return {rel: MemoEntry(io.FileStamp(*v[:5]), v[5]) for rel, v in raw["files"].items()}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError, IndexError):
+        return {}
+
+
+def save_memo(path: Path, raw_dir: Path, memo: dict[str, MemoEntry]) -> None:
+    """Write the memo (atomic). A memo that cannot be written only costs the next run time:
+    the OSError is left to the caller."""
+    files = {rel: [*e.stamp, e.hash] for rel, e in sorted(memo.items())}
+    io.write_text(path, json.dumps({"code": CODE_VERSION, "raw_dir": os.path.abspath(raw_dir),
+                                    "files": files}, separators=(",", ":")) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,15 +567,26 @@ def resolve_jobs(jobs: int) -> int:
     return jobs
 
 
+#: Most samples a worker converts per message to and from the parent (each message costs
+#: the parent's pool threads about half a millisecond of CPU).
+MAX_CHUNK = 16
+
+
 def run_tasks(tasks: Sequence[Task], jobs: int) -> Iterator[Outcome]:
-    """Convert the tasks, in this process (1 job) or a pool; outcomes in completion order."""
-    if jobs <= 1 or len(tasks) <= 1:
-        yield from map(convert_sample, tasks)
+    """Convert the tasks, in this process (1 job) or a pool; outcomes in completion order.
+
+    Tasks go out in chunks (`convert_chunk`): at most MAX_CHUNK, and small enough that each
+    worker gets about 8 of them, so the last ones finish close together."""
+    workers = max(1, min(jobs, len(tasks)))
+    size = max(1, min(MAX_CHUNK, len(tasks) // (workers * 8)))
+    chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
+    if workers == 1:
+        for chunk in chunks:
+            yield from convert_chunk(chunk)
         return
-    workers = min(jobs, len(tasks))
-    chunk = max(1, min(8, len(tasks) // (workers * 8)))
     with multiprocessing.get_context().Pool(workers) as pool:
-        yield from pool.imap_unordered(convert_sample, tasks, chunksize=chunk)
+        for outcomes in pool.imap_unordered(convert_chunk, chunks):
+            yield from outcomes
 
 
 @dataclass(frozen=True)
@@ -468,8 +613,13 @@ class ConvertSummary:
 
 def run_convert(params: Params, *, jobs: int | None = None, params_path: str = "params.yaml",
                 progress: bool | None = None,
-                on_outcome: Callable[[Outcome], None] | None = None) -> ConvertSummary:
-    """The whole stage; raises StageFailed (after writing the reports) when it must fail."""
+                on_outcome: Callable[[Outcome], None] | None = None,
+                memo_path: Path | None = None) -> ConvertSummary:
+    """The whole stage; raises StageFailed (after writing the reports) when it must fail.
+
+    `memo_path`: the hash memo (see `default_memo_path`; `segpipe convert` uses it). With
+    it, a re-run reads only the inputs whose stamp changed; without it, every input of a
+    cached sample is read and hashed again. The outputs are the same either way."""
     cfg, labels = params.convert, params.labels
     raw_dir, out_dir, reports_dir = Path(cfg.raw_dir), Path(cfg.out_dir), Path(cfg.reports_dir)
     if not raw_dir.is_dir():
@@ -484,19 +634,29 @@ def run_convert(params: Params, *, jobs: int | None = None, params_path: str = "
     pkey, tree = params_key(labels, cfg), tree_signature(raw_dir)
     cache_path = out_dir / CACHE_FILE
     cache = load_cache(cache_path)
+    memo = load_memo(memo_path, raw_dir) if memo_path is not None else {}
     outcomes: dict[str, Outcome] = {}
     entries: dict[str, dict[str, Any]] = {}  # what the cache file will hold
     tasks = []
-    with ThreadPoolExecutor(max_workers=n_jobs) as threads:  # hashing reads in parallel
-        found = list(threads.map(
-            lambda s: reusable(s, cache.get(s.id), raw_dir, out_dir, pkey, tree), samples))
+    found = [reusable(s, cache.get(s.id), raw_dir, out_dir, pkey, tree, memo, read=False)
+             for s in samples]  # stat only: the memo vouches for unchanged inputs
+    unread = [i for i, f in enumerate(found) if f is NEEDS_READ]
+    if unread:
+        with ThreadPoolExecutor(max_workers=n_jobs) as threads:  # hashing reads in parallel
+            for i, cached in zip(unread, threads.map(
+                    lambda s: reusable(s, cache.get(s.id), raw_dir, out_dir, pkey, tree, memo),
+                    [samples[i] for i in unread]), strict=True):
+                found[i] = cached
     for sample, cached in zip(samples, found, strict=True):
-        if cached is not None:
+        if isinstance(cached, Outcome):
             outcomes[sample.id] = cached
             entries[sample.id] = cache[sample.id]
         else:
             tasks.append(Task(sample, str(raw_dir), str(out_dir), labels, cfg, pkey, tree))
     reused = len(outcomes)
+    processed_ids = {t.sample.id for t in tasks}
+    io.make_dirs(os.path.join(out_dir, sub, t.sample.id) for t in tasks
+                 for sub in ("images", "masks"))  # each output's directory, made once here
 
     last_save, save_cost = time.monotonic(), 0.0
     bar = tqdm(total=len(tasks), desc="convert", unit="file", file=sys.stderr,
@@ -514,8 +674,14 @@ def run_convert(params: Params, *, jobs: int | None = None, params_path: str = "
                 save_cache(cache_path, entries)
                 last_save = time.monotonic()
                 save_cost = last_save - save_cost
-    if tasks or entries.keys() != cache.keys():
-        save_cache(cache_path, entries)
+    if memo_path is not None:
+        learned = {rel: e for o in outcomes.values() for rel, e in o.stamps.items()}
+        if learned != memo:
+            try:
+                save_memo(memo_path, raw_dir, learned)
+            except OSError as exc:  # only the next run's speed depends on it: say so, go on
+                print(f"warning: could not save the hash memo {memo_path} ({exc}); the next "
+                      "run reads every input again", file=sys.stderr)
 
     ordered = [outcomes[s.id] for s in samples]
     issues = [i for o in ordered for i in o.issues]
@@ -534,8 +700,23 @@ def run_convert(params: Params, *, jobs: int | None = None, params_path: str = "
     from pipeline import schemas
 
     masks = mask_table([o for o in ordered if o.converted])
-    problems = schemas.check_manifest(manifest, labels.classes, out_dir) + \
-        schemas.check_masks(masks, manifest, len(labels.classes))
+    # rows that passed the schemas in an earlier run, unchanged since: only the checks of
+    # the whole table look at them again (see schemas.check_manifest)
+    checked = [o for o in ordered if o.converted and o.id not in processed_ids
+               and entries.get(o.id, {}).get("checked") is True]
+    problems = schemas.check_manifest(manifest, labels.classes, out_dir,
+                                      {o.id for o in checked}) + \
+        schemas.check_masks(masks, manifest, len(labels.classes),
+                            {o.mask["mask"] for o in checked if o.mask is not None})
+    marked = 0
+    if not problems:
+        for o in ordered:
+            entry = entries.get(o.id)
+            if o.converted and entry is not None and entry.get("checked") is not True:
+                entries[o.id] = {**entry, "checked": True}
+                marked += 1
+    if tasks or marked or entries.keys() != cache.keys():
+        save_cache(cache_path, entries)
     if problems:
         (out_dir / "manifest.csv").unlink(missing_ok=True)  # never leave a stale manifest
         raise StageFailed("the converted data failed their schema checks (a bug, or files in "
@@ -600,7 +781,9 @@ def build_manifest(outcomes: Sequence[Outcome], classes: Sequence[str]) -> Any:
     rows = [{**o.row, "group": groups[o.id]} for o in sorted(outcomes, key=lambda o: o.id)
             if o.row is not None]
     columns = manifest_columns(classes)
-    frame = pd.DataFrame(rows, columns=columns)
+    # column lists, not a list of row dicts: the same table, several times faster to build
+    frame = pd.DataFrame({c: [r.get(c) for r in rows] for c in columns}, columns=columns,
+                         dtype=object)
     ints = {"width", "height", "n_shapes", *columns[len(FIXED_COLUMNS):]}
     return frame.astype({c: "int64" if c in ints else "str" for c in columns})
 
@@ -728,11 +911,13 @@ def command(params_path: str, jobs: int | None) -> None:
     convert.raw_dir; writes images/<id>.<ext>, masks/<id>.png and manifest.csv under
     convert.out_dir, and validation.json, validation.md and data.json under
     convert.reports_dir. A bad file is reported and left out; it never stops the others.
-    Only new or changed files are converted again (the cache lives in convert.out_dir).
+    Only new or changed files are converted again (the cache lives in convert.out_dir; a
+    memo of the inputs' content hashes, in ~/.cache/segpipe, spares re-reading them).
     Fails (exit 1) when convert.strict is set and a file was rejected, or when more than
     convert.max_error_fraction of the files were rejected.
     """
     params = load_params(params_path)
-    summary = run_convert(params, jobs=jobs, params_path=params_path)
+    summary = run_convert(params, jobs=jobs, params_path=params_path,
+                          memo_path=default_memo_path(Path(params.convert.raw_dir)))
     report = Path(params.convert.reports_dir) / "validation.md"
     click.echo(summary.line(params.convert.out_dir, str(report)))

@@ -8,7 +8,7 @@ per run because they depend on the declared classes and on the output directory.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +34,17 @@ def manifest_schema(classes: Sequence[str], out_dir: Path) -> pa.DataFrameSchema
     """The manifest: columns in order, types, ranges, unique ids sorted, paths that follow the
     id, groups that name a sample, pixel counts adding up to the image area, and exactly one
     row per mask file in `out_dir/masks` (each of which exists)."""
+    columns, row_checks, table_checks = _manifest_parts(classes, out_dir)
+    return pa.DataFrameSchema(columns, checks=[*table_checks, *row_checks], strict=True,
+                              ordered=True, name="manifest.csv")
+
+
+def _manifest_parts(classes: Sequence[str], out_dir: Path
+                    ) -> tuple[dict[str, pa.Column], list[pa.Check], list[pa.Check]]:
+    """The manifest schema's columns, its checks of each row on its own, and its checks
+    that need the whole table (sorted, groups, one row per mask file)."""
     count = pa.Column(int)  # >= 0: one table-level check for all counts (cheaper than one each)
+    masks_on_disk = _files_under(out_dir / "masks")  # one directory walk, not a stat per row
     columns = {
         "id": pa.Column(str, [pa.Check.str_length(min_value=1),
                               pa.Check(lambda s: ~s.str.startswith("/")
@@ -44,8 +54,7 @@ def manifest_schema(classes: Sequence[str], out_dir: Path) -> pa.DataFrameSchema
         "annotation": pa.Column(str, pa.Check.str_length(min_value=1)),
         "image": pa.Column(str, pa.Check.str_startswith("images/")),
         "mask": pa.Column(str, [pa.Check.str_startswith("masks/"), pa.Check(
-            lambda s: s.map(lambda m: (out_dir / m).is_file()), element_wise=False,
-            error="mask file must exist")], unique=True),
+            lambda s: s.isin(masks_on_disk), error="mask file must exist")], unique=True),
         "format": pa.Column(str, pa.Check.str_matches(_FORMAT)),
         "width": pa.Column(int, pa.Check.ge(1)),
         "height": pa.Column(int, pa.Check.ge(1)),
@@ -58,23 +67,36 @@ def manifest_schema(classes: Sequence[str], out_dir: Path) -> pa.DataFrameSchema
         "px.ignore": count,
     }
     px = [f"px.{c}" for c in classes] + ["px.ignore"]
-    masks_on_disk = _files_under(out_dir / "masks")
-    checks = [
+    table_checks = [
         pa.Check(lambda df: df["id"].is_monotonic_increasing, error="rows must be sorted by id"),
+        pa.Check(lambda df: df["group"].isin(set(df["id"])) & (df["group"] <= df["id"]),
+                 error="group must be the smallest id of its duplicate-image group"),
+        pa.Check(lambda df: set(df["mask"]) == masks_on_disk,
+                 error="one row per mask file in masks/ (no mask file without a row)"),
+    ]
+    row_checks = [
         pa.Check(lambda df: df["mask"] == "masks/" + df["id"] + ".png",
                  error="mask must be masks/<id>.png"),
         pa.Check(lambda df: df["image"].str.rsplit(".", n=1).str[0] == "images/" + df["id"],
                  error="image must be images/<id>.<ext>"),
-        pa.Check(lambda df: df["group"].isin(set(df["id"])) & (df["group"] <= df["id"]),
-                 error="group must be the smallest id of its duplicate-image group"),
         pa.Check(lambda df: (df[px] >= 0).all(axis=1), error="pixel counts must be >= 0"),
         pa.Check(lambda df: df[px].sum(axis=1) == df["width"] * df["height"],
                  error="pixel counts must add up to width x height"),
-        pa.Check(lambda df: set(df["mask"]) == masks_on_disk,
-                 error="one row per mask file in masks/ (no mask file without a row)"),
     ]
-    return pa.DataFrameSchema(columns, checks=checks, strict=True, ordered=True,
-                              name="manifest.csv")
+    return columns, row_checks, table_checks
+
+
+def _unique(*names: str) -> list[pa.Check]:
+    return [pa.Check(lambda df, n=n: ~df[n].duplicated(keep=False), error=f"{n} must be unique")
+            for n in names]
+
+
+def _split(frame: pd.DataFrame, key: str, checked: Collection[str]) -> pd.DataFrame | None:
+    """The rows of `frame` whose `key` is not in `checked` (index reset), or None when that
+    cannot be told (no such column): then the whole table is checked."""
+    if not checked or key not in frame:
+        return None
+    return frame[~frame[key].isin(checked)].reset_index(drop=True)
 
 
 def mask_schema(n_classes: int) -> pa.DataFrameSchema:
@@ -129,9 +151,24 @@ def _problems(schema: pa.DataFrameSchema, frame: pd.DataFrame, limit: int = 20) 
     return []
 
 
-def check_manifest(manifest: pd.DataFrame, classes: Sequence[str], out_dir: Path) -> list[str]:
-    """Problems of the manifest table against `manifest_schema` (empty list: valid)."""
-    problems = _problems(manifest_schema(classes, Path(out_dir)), manifest)
+def check_manifest(manifest: pd.DataFrame, classes: Sequence[str], out_dir: Path,
+                   checked: Collection[str] = ()) -> list[str]:
+    """Problems of the manifest table against `manifest_schema` (empty list: valid).
+
+    `checked`: ids whose rows passed this schema before and are unchanged since (convert's
+    cache knows). Their rows only take part in the checks of the whole table (sorted, unique
+    ids and masks, groups, one row per mask file); every other row gets the whole schema.
+    The same verdict for valid data, at a fraction of the cost when few rows are new."""
+    fresh = _split(manifest, "id", checked)
+    if fresh is None:
+        problems = _problems(manifest_schema(classes, Path(out_dir)), manifest)
+    else:
+        columns, row_checks, table_checks = _manifest_parts(classes, Path(out_dir))
+        whole = pa.DataFrameSchema(checks=[*table_checks, *_unique("id", "mask")],
+                                   name="manifest.csv")
+        rows = pa.DataFrameSchema(columns, checks=row_checks, strict=True, ordered=True,
+                                  name="manifest.csv")
+        problems = _problems(whole, manifest) + _problems(rows, fresh)
     if any("one row per mask file" in p for p in problems) and "mask" in manifest:
         on_disk, rows = _files_under(Path(out_dir) / "masks"), set(manifest["mask"])
         problems.append("manifest.csv: mask files without a row: "
@@ -140,10 +177,17 @@ def check_manifest(manifest: pd.DataFrame, classes: Sequence[str], out_dir: Path
     return problems
 
 
-def check_masks(masks: pd.DataFrame, manifest: pd.DataFrame, n_classes: int) -> list[str]:
+def check_masks(masks: pd.DataFrame, manifest: pd.DataFrame, n_classes: int,
+                checked: Collection[str] = ()) -> list[str]:
     """Problems of the mask facts against `mask_schema`, plus one facts row per manifest mask
-    with the manifest's size."""
-    problems = _problems(mask_schema(n_classes), masks)
+    with the manifest's size. `checked`: masks whose facts passed before and are unchanged
+    (only their uniqueness and their match with the manifest are checked again)."""
+    fresh = _split(masks, "mask", checked)
+    if fresh is None:
+        problems = _problems(mask_schema(n_classes), masks)
+    else:
+        whole = pa.DataFrameSchema(checks=_unique("mask"), name="masks")
+        problems = _problems(whole, masks) + _problems(mask_schema(n_classes), fresh)
     sizes = manifest.set_index("mask")[["width", "height"]]
     facts = masks.set_index("mask")[["width", "height"]] if "mask" in masks else sizes.iloc[:0]
     if set(facts.index) != set(sizes.index):

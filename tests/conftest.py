@@ -17,3 +17,9 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip(f"real data not found at {REALDATA}")
     return REALDATA
+
+
+@pytest.fixture(autouse=True)
+def private_cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Keep convert's input-hash memo (under $XDG_CACHE_HOME) out of the user's home."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))

@@ -18,12 +18,15 @@ import pytest
 import yaml
 from PIL import Image, ImageOps
 
+from pipeline import convert as convert_module
 from pipeline import io
 from pipeline.convert import (
     CACHE_FILE,
     ConvertSummary,
     Frame,
     decide_frame,
+    default_memo_path,
+    load_memo,
     manifest_columns,
     run_convert,
 )
@@ -456,6 +459,99 @@ def test_incremental_runs_convert_only_what_changed(project: Path) -> None:
     assert tree(project / "reports") == {  # the reports name the params file they used
         k: v.replace(b"clean.yaml", b"params.yaml") for k, v in
         tree(project / "clean_reports").items()}
+
+
+def test_hash_memo_spares_reading_unchanged_inputs(project: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(convert_module, "MEMO_SETTLE_S", 0.0)  # files written just now count
+    monkeypatch.setattr(convert_module, "MEMO_SETTLE_FINE_S", 0.0)
+    raw, memo = project / "raw", project / "memo" / "hashes.json"
+    make_samples(raw, 3)
+    params = load_params(project / "params.yaml")
+
+    def run() -> ConvertSummary:
+        return run_convert(params, jobs=1, progress=False, memo_path=memo)
+
+    assert counts(run()) == (3, 3, 0, 3, 0, 0)
+    learned = load_memo(memo, raw)
+    assert sorted(learned) == [f"s00{i}.{ext}" for i in range(3) for ext in ("json", "png")]
+    assert learned["s001.png"].hash == io.file_hash(raw / "s001.png")
+    assert load_memo(memo, project / "elsewhere") == {}  # the memo of one raw dir only
+    first = tree(project / "prepared")
+    assert counts(run()) == (3, 3, 0, 0, 3, 0)
+
+    # the memo stands in for reading: a wrong hash under an unchanged stamp is believed ...
+    doc = json.loads(memo.read_text())
+    doc["files"]["s001.png"][5] = "0" * 32
+    memo.write_text(json.dumps(doc))
+    assert counts(run()) == (3, 3, 0, 1, 2, 0)  # ... so s001 looks changed and converts again
+    assert load_memo(memo, raw)["s001.png"].hash == io.file_hash(raw / "s001.png")  # repaired
+
+    # any write changes the stamp (here: same size, new bytes): read and hashed again
+    (raw / "s002.png").write_bytes(png_bytes(12, 10, (9, 9, 9)))
+    assert counts(run()) == (3, 3, 0, 1, 2, 0)
+    assert load_memo(memo, raw)["s002.png"].hash == io.file_hash(raw / "s002.png")
+
+    # the same outputs as a run without any memo
+    (raw / "s002.png").write_bytes(png_bytes(12, 10, (2, 4, 50)))  # back to make_samples'
+    assert counts(run()) == (3, 3, 0, 1, 2, 0)
+    assert tree(project / "prepared") == first
+    write_params(project, "clean.yaml", out_dir="clean", reports_dir="clean_reports")
+    assert counts(convert(project, "clean.yaml")) == (3, 3, 0, 3, 0, 0)
+    assert tree(project / "clean") == first
+
+
+def test_recent_inputs_stay_out_of_the_memo(project: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(convert_module, "MEMO_SETTLE_FINE_S", 60.0)  # as if a slow clock
+    make_samples(project / "raw", 1)  # written just now: not settled
+    memo = project / "hashes.json"
+    run_convert(load_params(project / "params.yaml"), jobs=1, progress=False, memo_path=memo)
+    assert load_memo(memo, project / "raw") == {}
+    assert not memo.exists()  # nothing learned, nothing written
+
+
+def test_default_memo_path_is_outside_the_project(project: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(project / "xdg"))
+    path = default_memo_path(Path("raw"))
+    assert path.parent == project / "xdg" / "segpipe"
+    assert path == default_memo_path(project / "raw")  # by absolute path
+    assert path != default_memo_path(Path("other"))
+
+
+def test_unwritable_memo_only_warns(project: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(convert_module, "MEMO_SETTLE_S", 0.0)
+    monkeypatch.setattr(convert_module, "MEMO_SETTLE_FINE_S", 0.0)
+    make_samples(project / "raw", 2)
+    (project / "blocker").write_text("a file where the memo's directory should be")
+    summary = run_convert(load_params(project / "params.yaml"), jobs=1, progress=False,
+                          memo_path=project / "blocker" / "hashes.json")
+    assert counts(summary) == (2, 2, 0, 2, 0, 0)
+    assert "warning: could not save the hash memo" in capsys.readouterr().err
+    assert len(manifest(project)) == 2
+
+
+def test_only_new_rows_get_the_row_checks_but_the_table_is_checked_whole(
+        project: Path) -> None:
+    make_samples(project / "raw", 3)
+    convert(project)
+    cache = json.loads((project / "prepared" / CACHE_FILE).read_text())
+    assert all(e["checked"] for e in cache["entries"].values())  # passed the schemas
+    # a cached row edited by hand (same key, a broken row): rows marked checked are trusted
+    # by the per-row checks, but the table-wide ones see every row
+    cache["entries"]["s001"]["row"]["id"] = "s000"  # a duplicate id: table-wide
+    (project / "prepared" / CACHE_FILE).write_text(json.dumps(cache))
+    with pytest.raises(StageFailed, match="id must be unique"):
+        convert(project)
+    assert not (project / "prepared" / "manifest.csv").exists()
+    cache["entries"]["s001"]["checked"] = False  # not checked yet: gets the whole schema
+    cache["entries"]["s001"]["row"]["id"] = "s001"
+    cache["entries"]["s001"]["row"]["px.circle"] = -1
+    (project / "prepared" / CACHE_FILE).write_text(json.dumps(cache))
+    with pytest.raises(StageFailed, match="pixel counts must be >= 0 for id \\['s001'\\]"):
+        convert(project)
 
 
 def test_output_does_not_depend_on_jobs(project: Path) -> None:

@@ -14,7 +14,14 @@ from formats_fixtures import (
     write_text,
 )
 
-from pipeline.formats import find_annotations, read_annotation
+from pipeline.formats import (
+    find_annotation_paths,
+    find_annotations,
+    is_inside,
+    read_annotation,
+    rel_posix,
+    sample_id,
+)
 from pipeline.formats.yolo import read_yolo
 from pipeline.records import Issue, Record, Shape, is_error
 
@@ -255,6 +262,31 @@ def test_find_annotations_picks_the_right_files(tmp_path: Path) -> None:
         "yolo/sub/f2.TXT",
     ]
     assert all(p.is_file() for p in found)
+    assert find_annotation_paths(raw) == [p.relative_to(raw).as_posix() for p in found]
+    assert find_annotations(Path(f"{raw}/")) == found  # however the raw dir is spelled
+    assert find_annotation_paths(raw / "yolo" / ".." / "yolo") == ["f 1.txt", "sub/f2.TXT"]
+
+
+@pytest.mark.parametrize(
+    ("path", "inside", "rel", "sid"),
+    [
+        ("raw/a/b.json", True, "a/b.json", "a/b"),
+        ("raw/a/b.c.json", True, "a/b.c.json", "a/b.c"),
+        ("raw/a/../b.json", True, "b.json", "b"),
+        ("raw/.json", True, ".json", ".json"),  # no suffix, as pathlib sees it
+        ("raw/a.", True, "a.", "a."),
+        ("raw2/x.json", False, "../raw2/x.json", "../raw2/x"),  # a prefix is not a parent
+        ("raw/../x.json", False, "../x.json", "../x"),
+    ],
+)
+def test_path_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str,
+                      inside: bool, rel: str, sid: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    for raw in ("raw", "raw/", tmp_path / "raw", "./raw"):
+        assert is_inside(Path(path), Path(raw)) is inside
+        assert rel_posix(Path(path), Path(raw)) == rel
+        assert sample_id(Path(path), Path(raw)) == sid
+    assert is_inside(tmp_path / "raw", Path("raw"))  # the raw dir itself
 
 
 def test_read_annotation_dispatches_by_suffix(tmp_path: Path) -> None:

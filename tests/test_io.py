@@ -161,3 +161,60 @@ def test_atomic_writes_leave_nothing_on_failure_and_use_the_umask(tmp_path: Path
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
     assert [p.name for p in target.parent.iterdir()] == ["out.bin"]
+
+
+def test_replace_bytes_needs_its_directory_and_make_dirs_makes_each_once(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "out.bin"
+    with pytest.raises(FileNotFoundError):
+        io.replace_bytes(target, b"x")
+    assert list(tmp_path.iterdir()) == []
+    io.make_dirs([target, tmp_path / "a" / "b" / "other.bin", tmp_path / "c" / "d.bin"])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "a", "a/b", "c"]
+    io.replace_bytes(target, b"first")
+    io.replace_bytes(target, memoryview(b"second, longer"))  # replaces, never appends
+    assert target.read_bytes() == b"second, longer"
+    assert [p.name for p in target.parent.iterdir()] == ["out.bin"]  # no temp file left
+
+
+def test_file_stamps_follow_every_write(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    assert io.file_stamp(path) is None
+    assert io.file_stamp(tmp_path) is None  # a directory is not a file
+    path.write_bytes(b"abc")
+    data, stamp = io.read_stamped(path)
+    assert data == b"abc"
+    assert stamp == io.file_stamp(path)
+    assert stamp.size == 3
+    os.utime(path, ns=(stamp.mtime_ns, stamp.mtime_ns))  # touching metadata moves ctime ...
+    after = io.file_stamp(path)
+    assert after is not None and after.mtime_ns == stamp.mtime_ns
+    assert after.ctime_ns >= stamp.ctime_ns  # ... (on a coarse clock maybe within one tick)
+    recent = max(stamp.mtime_ns, stamp.ctime_ns)
+    assert not stamp.settled(recent, margin_s=1.0, fine_margin_s=0.1)  # changed just now
+    assert stamp.settled(recent + 2_000_000_000, margin_s=1.0, fine_margin_s=0.1)
+    assert not stamp.settled(recent, margin_s=0.0, fine_margin_s=0.0)  # same instant
+    fine = io.FileStamp(3, 5_000_000_123, 5_000_000_456, 1, 1)  # sub-second clock
+    coarse = io.FileStamp(3, 5_000_000_000, 6_000_000_000, 1, 1)  # whole seconds only
+    assert fine.settled(5_200_000_456) and not fine.settled(5_050_000_456)
+    assert not coarse.settled(6_500_000_000) and coarse.settled(7_000_000_001)
+    with pytest.raises(FileNotFoundError):
+        io.read_stamped(tmp_path / "missing")
+
+
+def test_inspect_mask_from_the_header_equals_decoding() -> None:
+    mask = np.zeros((6, 9), np.uint8)
+    mask[2:4, 1:7] = 2
+    mask[5, 8] = io.IGNORE
+    data = io.mask_png_bytes(mask)
+    fast = io.inspect_mask(data, mask)
+    assert fast == io.inspect_mask(data)  # header + array == decoding the PNG
+    assert (fast.mode, fast.width, fast.height, fast.counts[2]) == ("P", 9, 6, 12)
+    gray = stdio.BytesIO()
+    Image.fromarray(mask, mode="L").save(gray, "PNG")
+    assert io.inspect_mask(gray.getvalue(), mask) == io.inspect_mask(gray.getvalue())
+    assert io.inspect_mask(gray.getvalue(), mask).mode == "L"
+    broken = bytearray(data)
+    broken[29] ^= 0xFF  # IHDR CRC: the header is not trusted, PIL decides
+    with pytest.raises(Image.UnidentifiedImageError):  # as before: PIL refuses it
+        io.inspect_mask(bytes(broken), mask)

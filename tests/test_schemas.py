@@ -103,3 +103,26 @@ def test_mask_rows_must_match_the_manifest(tmp_path: Path) -> None:
     assert schemas.check_masks(other, frame, len(CLASSES)) == [
         "masks: masks/a.png: mask size must equal the manifest's width x height",
         "masks: masks/b/c.png: mask size must equal the manifest's width x height"]
+
+
+def test_checked_rows_skip_only_the_row_checks(tmp_path: Path) -> None:
+    frame = manifest(tmp_path, ids=("a", "b", "c"))
+    facts = masks(frame)
+    assert schemas.check_manifest(frame, CLASSES, tmp_path, {"a", "b"}) == []
+    assert schemas.check_masks(facts, frame, len(CLASSES), {"masks/a.png"}) == []
+    bad = frame.assign(n_shapes=[-1, 1, -1])  # rows a (checked earlier) and c (new) are wrong
+    assert schemas.check_manifest(bad, CLASSES, tmp_path, {"a", "b"}) == [
+        "manifest.csv: column 'n_shapes': failed greater_than_or_equal_to(0) for id ['c']"]
+    assert schemas.check_manifest(bad, CLASSES, tmp_path) == [  # no checked rows: all seen
+        "manifest.csv: column 'n_shapes': failed greater_than_or_equal_to(0) for id ['a', 'c']"]
+    # the checks of the whole table see checked rows too
+    twice = frame.assign(id=["a", "a", "c"], mask=["masks/a.png", "masks/a.png", "masks/c.png"])
+    found = schemas.check_manifest(twice, CLASSES, tmp_path, {"a"})
+    assert "manifest.csv: table: failed id must be unique for id ['a', 'a']" in found
+    assert any("one row per mask file" in p for p in found)  # masks/b.png has no row
+    orphan = frame.assign(group=["a", "zzz", "c"])
+    assert any("group must be the smallest id" in p
+               for p in schemas.check_manifest(orphan, CLASSES, tmp_path, {"a", "b", "c"}))
+    stray = facts.assign(stray_pixels=[3, 0, 0])
+    assert schemas.check_masks(stray, frame, len(CLASSES), {"masks/a.png"}) == []
+    assert schemas.check_masks(stray, frame, len(CLASSES), {"masks/b.png"}) != []

@@ -39,29 +39,49 @@ _READERS = {".json": "labelme", ".xml": "voc", ".txt": "yolo"}
 # --------------------------------------------------------------------------- shared helpers
 
 
-def rel_posix(path: Path, raw_dir: Path) -> str:
+# The path helpers below work on strings (os.path), not Path objects: they run several times
+# per annotation file, and pathlib's parsing was a visible share of the stage's time.
+
+
+def _prefix(directory: str) -> str:
+    """`directory` (absolute, normalised) as the prefix its descendants' paths start with."""
+    return directory if directory.endswith(os.sep) else directory + os.sep
+
+
+def rel_posix(path: Path | str, raw_dir: Path | str) -> str:
     """`path` relative to `raw_dir` in posix form (absolute paths compared, symlinks kept)."""
-    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(raw_dir))).as_posix()
+    target, top = os.path.abspath(path), os.path.abspath(raw_dir)
+    prefix = _prefix(top)
+    rel = target[len(prefix):] if target.startswith(prefix) else os.path.relpath(target, top)
+    return rel if os.sep == "/" else rel.replace(os.sep, "/")
 
 
-def sample_id(path: Path, raw_dir: Path) -> str:
+def sample_id(path: Path | str, raw_dir: Path | str) -> str:
     """Sample id: the annotation path relative to the raw dir, without its extension."""
-    return str(PurePosixPath(rel_posix(path, raw_dir)).with_suffix(""))
+    rel = rel_posix(path, raw_dir)
+    head, slash, name = rel.rpartition("/")
+    dot = name.rfind(".")
+    if not name or name == "." or name == "..":
+        raise ValueError(f"{rel!r} has an empty name")  # as PurePosixPath.with_suffix
+    if 0 < dot < len(name) - 1:  # PurePosixPath's suffix rule: not leading, not trailing
+        name = name[:dot]
+    return f"{head}{slash}{name}"
 
 
-def normalized(path: Path) -> Path:
+def normalized(path: Path | str) -> Path:
     """Absolute form of `path` with `.` and `..` removed lexically (symlinks are kept)."""
-    return Path(os.path.normpath(os.path.abspath(path)))
+    return Path(os.path.abspath(path))  # abspath normalises
 
 
-def is_inside(path: Path, raw_dir: Path) -> bool:
+def is_inside(path: Path | str, raw_dir: Path | str) -> bool:
     """True when `path`, its `..` parts removed, lies inside `raw_dir`.
 
     The test is lexical on purpose: a path written in an annotation cannot climb out with
     `..` or an absolute path, while symlinks the user placed inside the raw dir (e.g. DVC's
     symlink cache) are followed as the user intended.
     """
-    return normalized(path).is_relative_to(normalized(raw_dir))
+    target, top = os.path.abspath(path), os.path.abspath(raw_dir)
+    return target == top or target.startswith(_prefix(top))
 
 
 def is_image_name(name: str) -> bool:
@@ -159,24 +179,36 @@ def find_annotations(raw_dir: Path) -> list[Path]:
     counts only when a `classes.txt` is in its dir or an ancestor dir inside `raw_dir`, and
     `classes.txt` itself is not an annotation. Hidden files and dirs (".name") are skipped.
     """
-    raw_dir = Path(raw_dir)
-    found: list[tuple[str, Path]] = []
-    yolo_dirs: set[Path] = set()  # dirs under which .txt files are YOLO labels
+    return [Path(dirpath, rel.rpartition("/")[2]) for rel, dirpath in _walk_annotations(raw_dir)]
+
+
+def find_annotation_paths(raw_dir: Path) -> list[str]:
+    """`find_annotations` as posix paths relative to `raw_dir` (what convert keys on)."""
+    return [rel for rel, _ in _walk_annotations(raw_dir)]
+
+
+def _walk_annotations(raw_dir: Path) -> list[tuple[str, str]]:
+    """(raw-relative posix path, dir as os.walk spells it) of every annotation, sorted."""
+    found: list[tuple[str, str]] = []
+    yolo_dirs: set[str] = set()  # dirs under which .txt files are YOLO labels
+    parents: dict[str, str] = {}  # dirpath -> its parent's dirpath, as os.walk spells them
     for dirpath, dirnames, filenames in os.walk(raw_dir):
-        directory = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if _has_classes_txt(directory) or directory.parent in yolo_dirs:
-            yolo_dirs.add(directory)
+        parents.update((os.path.join(dirpath, d), dirpath) for d in dirnames)
+        if parents.get(dirpath) in yolo_dirs or _has_classes_txt(Path(dirpath)):
+            yolo_dirs.add(dirpath)
+        rel_dir = rel_posix(dirpath, raw_dir)
+        prefix = "" if rel_dir == "." else rel_dir + "/"
         for name in filenames:
             if name.startswith("."):
                 continue
-            suffix = Path(name).suffix.lower()
-            if suffix == ".txt" and (name == CLASSES_TXT or directory not in yolo_dirs):
+            dot = name.rfind(".")
+            suffix = name[dot:].lower() if 0 < dot < len(name) - 1 else ""  # Path.suffix
+            if suffix == ".txt" and (name == CLASSES_TXT or dirpath not in yolo_dirs):
                 continue
             if suffix in _READERS:
-                path = directory / name
-                found.append((rel_posix(path, raw_dir), path))
-    return [path for _, path in sorted(found)]
+                found.append((prefix + name, dirpath))
+    return sorted(found)
 
 
 def read_annotation(path: Path, raw_dir: Path) -> tuple[Record | None, list[Issue]]:
