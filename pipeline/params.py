@@ -177,7 +177,8 @@ def _check_labels(labels: Labels, source: str) -> list[str]:
         dup = sorted({c for c in labels.classes if labels.classes.count(c) > 1})
         problems.append(f"{source}: classes must be unique, got duplicates {dup}")
     if len(labels.classes) > 255:
-        problems.append(f"{source}: at most 255 classes fit a uint8 mask, got {len(labels.classes)}")
+        problems.append(f"{source}: at most 255 classes fit a uint8 mask (255 is ignore), "
+                        f"got {len(labels.classes)}")
     for alias, target in labels.aliases.items():
         if target not in labels.classes and target not in labels.ignore_labels:
             problems.append(f"{source}: aliases.{alias} must name a class, got {target!r}")

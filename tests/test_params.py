@@ -52,7 +52,8 @@ def test_wrong_types_are_all_reported_at_once() -> None:
 
 
 def test_integers_are_accepted_for_floats() -> None:
-    assert parse_params({"classes": ["bg", "a"], "split": {"val_fraction": 1}}).split.val_fraction == 1.0
+    params = parse_params({"classes": ["bg", "a"], "split": {"val_fraction": 1}})
+    assert params.split.val_fraction == 1.0
 
 
 @pytest.mark.parametrize(
