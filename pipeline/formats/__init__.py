@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from pipeline.records import Issue, Record
+from pipeline.records import Issue, Record, Shape
 
 #: Image file suffixes the readers look for (compared case-insensitively), in preference order.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -66,6 +66,19 @@ def sample_id(path: Path | str, raw_dir: Path | str) -> str:
     if 0 < dot < len(name) - 1:  # PurePosixPath's suffix rule: not leading, not trailing
         name = name[:dot]
     return f"{head}{slash}{name}"
+
+
+def reader_result(path: Path | str, raw_dir: Path | str, fmt: str, issues: list[Issue], *,
+                  image_path: str | None, image_data: bytes | None, width: int | None,
+                  height: int | None, shapes: Sequence[Shape],
+                  version: str | None = None) -> tuple[Record | None, list[Issue]]:
+    """What every reader returns: no record when any issue is an error, else the Record."""
+    if any(i.severity == "error" for i in issues):
+        return None, issues
+    record = Record(id=sample_id(path, raw_dir), annotation=rel_posix(path, raw_dir), format=fmt,
+                    image_path=image_path, image_data=image_data, width=width, height=height,
+                    shapes=tuple(shapes), version=version)
+    return record, issues
 
 
 def normalized(path: Path | str) -> Path:

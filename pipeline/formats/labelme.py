@@ -30,8 +30,8 @@ from pipeline.formats import (
     is_inside,
     normalized,
     read_text,
+    reader_result,
     rel_posix,
-    sample_id,
 )
 from pipeline.records import Issue, Point, Record, Shape
 
@@ -83,21 +83,10 @@ def read_labelme(path: Path, raw_dir: Path) -> tuple[Record | None, list[Issue]]
     width, height, size_issues = _declared_size(data, file)
     issues.extend(size_issues)
 
-    if any(i.severity == "error" for i in issues):
-        return None, issues
     version = data.get("version")
-    record = Record(
-        id=sample_id(path, raw_dir),
-        annotation=file,
-        format="labelme",
-        image_path=image_path,
-        image_data=image_data,
-        width=width,
-        height=height,
-        shapes=tuple(shapes),
-        version=None if version is None else str(version),
-    )
-    return record, issues
+    return reader_result(path, raw_dir, "labelme", issues, image_path=image_path,
+                         image_data=image_data, width=width, height=height, shapes=shapes,
+                         version=None if version is None else str(version))
 
 
 def _not_labelme(data: Any) -> str:

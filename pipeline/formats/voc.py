@@ -26,8 +26,8 @@ from pipeline.formats import (
     find_image_by_stem,
     is_image_name,
     is_inside,
+    reader_result,
     rel_posix,
-    sample_id,
 )
 from pipeline.records import Issue, Record, Shape
 
@@ -80,19 +80,8 @@ def read_voc(path: Path, raw_dir: Path) -> tuple[Record | None, list[Issue]]:
     issues.extend(size_issues)
     image, image_issues = _find_image(root, path, raw_dir, file)
     issues.extend(image_issues)
-    if any(i.severity == "error" for i in issues):
-        return None, issues
-    record = Record(
-        id=sample_id(path, raw_dir),
-        annotation=file,
-        format="voc",
-        image_path=image,
-        image_data=None,
-        width=width,
-        height=height,
-        shapes=tuple(shapes),
-    )
-    return record, issues
+    return reader_result(path, raw_dir, "voc", issues, image_path=image, image_data=None,
+                         width=width, height=height, shapes=shapes)
 
 
 def _text(element: Element | None, tag: str) -> str | None:

@@ -27,8 +27,8 @@ from pipeline.formats import (
     is_inside,
     normalized,
     read_text,
+    reader_result,
     rel_posix,
-    sample_id,
 )
 from pipeline.records import Issue, Record, Shape
 
@@ -172,19 +172,8 @@ def read_yolo(path: Path, raw_dir: Path) -> tuple[Record | None, list[Issue]]:
             )
         elif shape is not None:
             shapes.append(shape)
-    if any(i.severity == "error" for i in issues):
-        return None, issues
-    record = Record(
-        id=sample_id(path, raw_dir),
-        annotation=file,
-        format="yolo",
-        image_path=image_file,
-        image_data=None,
-        width=width,
-        height=height,
-        shapes=tuple(shapes),
-    )
-    return record, issues
+    return reader_result(path, raw_dir, "yolo", issues, image_path=image_file, image_data=None,
+                         width=width, height=height, shapes=shapes)
 
 
 def _read_line(
