@@ -37,14 +37,13 @@ from pipeline.data import Sample, data_fingerprint, fit_image, load_split
 from pipeline.errors import InputError, ParamsError
 from pipeline.io import content_hash, read_mask, read_rgb, write_bytes, write_json, write_text
 from pipeline.metrics import SegMetrics, confusion_matrix, mean_iou, segmentation_metrics
-from pipeline.model import ModelInfo, UNet, load_model
+from pipeline.model import ModelInfo, UNet, load_model, pick_device
 from pipeline.params import EvaluateParams, Params, load_params
 from pipeline.predict import (
     default_workers,
     overlay_panels,
     predict_batch,
     prefetch_batches,
-    resolve_device,
     rgb_png_bytes,
 )
 
@@ -299,7 +298,7 @@ def run_evaluate(params: Params, *, progress: bool = True) -> dict[str, object]:
     """The whole stage; returns what it wrote to evaluate.metrics_path."""
     cfg = params.evaluate
     _check_params(cfg)
-    device = resolve_device(cfg.device)
+    device = pick_device(cfg.device, setting="evaluate.device")
     model_path = params.train.model_path
     model, info = load_model(model_path, map_location=device)
     if tuple(info.classes) != tuple(params.labels.classes):

@@ -168,6 +168,32 @@ class UNet(nn.Module):
         return self.outc(x)
 
 
+# ---------------------------------------------------------------- device
+
+
+def pick_device(name: str = "auto", local_rank: int = 0, setting: str = "device") -> torch.device:
+    """"auto": CUDA (this process's GPU), then MPS, then the CPU; or exactly the device named,
+    which must exist here. `setting` names the parameter in error messages."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps and mps.is_available())
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("mps") if mps_ok else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"{setting} must be auto, cpu, cuda, cuda:N or mps, got {name!r}") \
+            from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"{setting} is {name!r} but CUDA is not available here")
+    if device.type == "mps" and not mps_ok:
+        raise InputError(f"{setting} is {name!r} but MPS is not available here")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
 # ---------------------------------------------------------------- checkpoint
 
 

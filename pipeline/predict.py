@@ -30,7 +30,7 @@ from tqdm import tqdm
 from pipeline.data import fit_image, to_float, unfit_logits
 from pipeline.errors import InputError
 from pipeline.io import IGNORE, voc_palette, write_bytes, write_mask
-from pipeline.model import ModelInfo, UNet, load_model
+from pipeline.model import ModelInfo, UNet, load_model, pick_device
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # what PIL raises for a file it cannot decode (UnidentifiedImageError and truncation are OSError)
@@ -41,25 +41,6 @@ R = TypeVar("R")
 
 
 # ---------------------------------------------------------------- device + model
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" picks CUDA, then MPS, then the CPU; otherwise the named device, which must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} was asked for but CUDA is not available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"device {name!r} was asked for but MPS is not available here")
-    return device
 
 
 @torch.inference_mode()
@@ -289,7 +270,7 @@ def predict_files(model: UNet, info: ModelInfo, jobs: Sequence[Job], device: tor
 def command(model_path: Path, images: tuple[Path, ...], out_dir: Path, overlay: bool,
             batch_size: int, device: str, workers: int) -> int:
     """Segment IMAGES (files or folders) with MODEL (a models/model.pt from `segpipe train`)."""
-    torch_device = resolve_device(device)
+    torch_device = pick_device(device, setting="--device")
     jobs = plan_jobs(images, out_dir)
     if not jobs:
         raise InputError(f"no image files found in {', '.join(map(str, images))} "

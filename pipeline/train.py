@@ -67,6 +67,7 @@ from pipeline.model import (
     UNet,
     UNetConfig,
     model_payload,
+    pick_device,
     save_model,
     unwrap,
 )
@@ -124,28 +125,6 @@ def dist_from_env() -> Dist:
     return Dist(rank=int(os.environ["RANK"]), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
                 world_size=world,
                 local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto": CUDA (this process's GPU), then MPS, then CPU; or exactly the device named."""
-    mps = getattr(torch.backends, "mps", None)
-    mps_ok = bool(mps and mps.is_available())
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device("mps") if mps_ok else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ParamsError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")\
-            from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"train.device is {name!r} but no CUDA device is available")
-    if device.type == "mps" and not mps_ok:
-        raise InputError(f"train.device is {name!r} but MPS is not available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    return device
 
 
 def check_config(cfg: TrainParams, n_classes: int) -> None:
@@ -246,7 +225,7 @@ def train(params: Params, *, stop_after: int | None = None, progress: bool = Tru
     cfg, classes = params.train, tuple(params.labels.classes)
     check_config(cfg, len(classes))
     env = dist_from_env()
-    device = pick_device(cfg.device, env.local_rank)
+    device = pick_device(cfg.device, env.local_rank, "train.device")
     if env.world_size > 1:
         if device.type == "cuda":
             torch.cuda.set_device(device)

@@ -13,8 +13,8 @@ from PIL import Image
 
 from pipeline.errors import InputError
 from pipeline.io import voc_palette
-from pipeline.model import ModelInfo, UNet, UNetConfig, load_model, save_model
-from pipeline.predict import plan_jobs, predict_files, resolve_device
+from pipeline.model import ModelInfo, UNet, UNetConfig, load_model, pick_device, save_model
+from pipeline.predict import plan_jobs, predict_files
 
 CLASSES = ("background", "a", "b")
 
@@ -125,10 +125,11 @@ def test_the_output_folder_inside_the_input_folder_is_not_read_again(tmp_path: P
 
 
 def test_device_names_are_checked() -> None:
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in ("cuda", "mps", "cpu")
-    with pytest.raises(InputError, match="must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"):
-        resolve_device("gpu")
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type in ("cuda", "mps", "cpu")
+    with pytest.raises(InputError, match="--device must be auto, cpu, cuda, cuda:N or mps, "
+                                         "got 'gpu'"):
+        pick_device("gpu", setting="--device")
     if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="CUDA is not available here"):
-            resolve_device("cuda")
+        with pytest.raises(InputError, match="--device is 'cuda' but CUDA is not available here"):
+            pick_device("cuda", setting="--device")
