@@ -158,7 +158,7 @@ def render(frame: Frame, style: Style, rng: np.random.Generator) -> np.ndarray:
     bg = (base * (1 - t[..., None]) + second * t[..., None]) * light
     canvas = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    for x0, y0, x1, y1, width, colour in style.lines:  # background clutter: never a class
+    for x0, y0, x1, y1, width, colour in style.lines:  # clutter in the background's hues
         draw.line([(x0 * w, y0 * h), (x1 * w, y1 * h)], fill=colour, width=width)
     image = np.asarray(canvas, dtype=np.float32).copy()
     for shape in _draw_order(frame.shapes):
@@ -245,22 +245,34 @@ def _bounce(start: float, velocity: float, steps: int, low: float, high: float) 
     return low + (p if p <= span else 2 * span - p)
 
 
-def _colour(rng: np.random.Generator, avoid: Sequence[np.ndarray]) -> tuple[int, int, int]:
-    """A colour at least some distance from the background colours (tried in a fixed order)."""
+#: each class's typical colour (RGB); objects vary around it, as real classes do (dates are
+#: brown, raccoons grey): appearance and outline together tell the classes apart
+CLASS_COLOURS = {"circle": (215, 50, 50), "square": (50, 80, 215), "triangle": (235, 195, 35),
+                 "star": (235, 235, 235)}
+
+
+def _colour(rng: np.random.Generator, cls: str) -> tuple[int, int, int]:
+    """The class's colour, varied by up to +-30 per channel."""
+    c = np.clip(np.array(CLASS_COLOURS[cls]) + rng.integers(-30, 31, size=3), 0, 255)
+    return (int(c[0]), int(c[1]), int(c[2]))
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    """A background colour far from every class colour (best of a few tries, fixed order)."""
     best, best_d = None, -1.0
-    for _ in range(20):
-        c = rng.integers(0, 256, size=3)
-        d = min(float(np.linalg.norm(c - a)) for a in avoid)
+    for _ in range(50):
+        c = rng.uniform(40, 215, size=3)
+        d = min(float(np.linalg.norm(c - np.array(a))) for a in CLASS_COLOURS.values())
         if d > best_d:
             best, best_d = c, d
-        if d >= 110:
+        if d >= 150:
             break
-    return (int(best[0]), int(best[1]), int(best[2]))
+    return best
 
 
 def _style(rng: np.random.Generator, width: int, height: int) -> Style:
-    base = rng.uniform(40, 215, size=3)
-    second = np.clip(base + rng.normal(0, 45, size=3), 0, 255)
+    base = _background(rng)
+    second = np.clip(base + rng.normal(0, 30, size=3), 0, 255)
     grid = rng.random((height // 16 + 3, width // 16 + 3)).astype(np.float32)
     field = np.asarray(
         Image.fromarray(grid, mode="F").resize((width + 48, height + 48), Image.BICUBIC)
@@ -270,7 +282,7 @@ def _style(rng: np.random.Generator, width: int, height: int) -> Style:
     freq = rng.uniform(0.15, 0.6)
     lines = tuple(
         (*(float(v) for v in rng.random(4)), int(rng.integers(1, 4)),
-         tuple(int(v) for v in rng.integers(0, 256, size=3)))
+         tuple(int(v) for v in np.clip(base * rng.uniform(0.4, 1.6), 0, 255)))
         for _ in range(int(rng.integers(0, 4)))
     )
     return Style(tuple(base), tuple(second), field,
@@ -286,7 +298,6 @@ def _scene(seed: int, scene: int, n_frames: int, tool: str) -> tuple[list[Frame]
     embed = bool(rng.random() < 0.5) and tool != "voc"
     version = ("5.2.1", "5.4.1")[int(rng.integers(0, 2))]
     style = _style(rng, width, height)
-    avoid = [np.array(style.base), np.array(style.second)]
     objects = []
     for _ in range(int(rng.integers(2, 6))):
         if tool == "voc" or (tool == "both" and rng.random() < 0.4):
@@ -302,7 +313,7 @@ def _scene(seed: int, scene: int, n_frames: int, tool: str) -> tuple[list[Frame]
             float(rng.normal(0, 2.0)), float(rng.normal(0, 2.0)),
             float(rng.uniform(0, 2 * math.pi)),
             0.0 if kind in ("rectangle", "box") else float(rng.normal(0, 0.08)),
-            _colour(rng, avoid), tuple(float(v) for v in rng.uniform(0.85, 1.15, size=3)),
+            _colour(rng, cls), tuple(float(v) for v in rng.uniform(0.85, 1.15, size=3)),
         ))
     step = int(rng.integers(4, 20))
     frames = []

@@ -177,3 +177,14 @@ def test_readers_read_the_files_as_intended(tmp_path: Path, sample: demo.DemoSum
         pairs = [(s, classes[aliases.get(s.label, s.label.lower())]) for s in record.shapes]
         got = raster.rasterize(pairs, frame.width, frame.height)
         np.testing.assert_array_equal(got, demo.frame_mask(frame), err_msg=sample_id)
+
+
+def test_shipped_benchmark_list_names_clean_samples_of_the_default_sample() -> None:
+    # `make run` splits the default sample with split.benchmark = data/benchmark.txt: every id
+    # there must be a sample the default demo writes, and none a planted defect
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    listed = (PROJECT_ROOT / params.split.benchmark).read_text().split()
+    default = demo.build()
+    assert len(listed) == 26
+    assert set(listed) <= set(default.samples)
+    assert not set(listed) & set(default.defects.values())
