@@ -261,11 +261,11 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     """A background colour far from every class colour (best of a few tries, fixed order)."""
     best, best_d = None, -1.0
     for _ in range(50):
-        c = rng.uniform(40, 215, size=3)
+        c = rng.uniform(30, 160, size=3)  # muted tones: real backgrounds rarely glow
         d = min(float(np.linalg.norm(c - np.array(a))) for a in CLASS_COLOURS.values())
         if d > best_d:
             best, best_d = c, d
-        if d >= 150:
+        if d >= 130:
             break
     return best
 
