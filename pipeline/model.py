@@ -15,6 +15,7 @@ names, the training image size and the data fingerprint next to the weights.
 from __future__ import annotations
 
 import dataclasses
+import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import InputError
-from pipeline.io import atomic_path
+from pipeline.io import write_bytes
 
 CHECKPOINT_FORMAT = "segpipe-unet/1"
 UPSAMPLE_MODES = ("bilinear", "transpose")
@@ -243,10 +244,17 @@ def model_from_payload(payload: Any, source: str = "checkpoint") -> tuple[UNet, 
     return model, info
 
 
+def write_torch(path: str | Path, obj: Any) -> None:
+    """torch.save, atomically and byte-reproducibly: saved to memory first, because a file
+    saved directly names its zip archive after the (random) temp file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
 def save_model(path: str | Path, model: nn.Module, info: ModelInfo) -> None:
     """Write the model atomically (weights on CPU; DDP/compile wrappers removed)."""
-    with atomic_path(path) as tmp:
-        torch.save(model_payload(model, info), tmp)
+    write_torch(path, model_payload(model, info))
 
 
 def load_model(

@@ -58,7 +58,7 @@ from tqdm import tqdm
 
 from pipeline import data
 from pipeline.errors import InputError, ParamsError, StageFailed
-from pipeline.io import atomic_path, content_hash
+from pipeline.io import content_hash
 from pipeline.losses import LOSSES, make_loss
 from pipeline.metrics import confusion_matrix, segmentation_metrics
 from pipeline.model import (
@@ -70,6 +70,7 @@ from pipeline.model import (
     pick_device,
     save_model,
     unwrap,
+    write_torch,
 )
 from pipeline.params import Params, TrainParams, load_params
 
@@ -471,8 +472,7 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
         "resume_key": key,
         "history": [dataclasses.asdict(h) for h in history],
     }
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    write_torch(path, ckpt)
 
 
 # ---------------------------------------------------------------- CLI

@@ -110,3 +110,14 @@ def test_load_model_errors_are_clear(tmp_path: Path) -> None:
     good = tmp_path / "good.pt"
     save_model(good, UNet(TINY), _info())
     assert load_model(good)[1].classes == ("background", "square", "disc")  # still loads
+
+
+def test_saving_the_same_model_twice_writes_the_same_bytes(tmp_path: Path) -> None:
+    # dvc.lock records the model's hash: a re-run that reproduces the weights must reproduce
+    # the file too (torch.save names its zip archive after the file it writes to)
+    torch.manual_seed(0)
+    model = UNet(TINY)
+    save_model(tmp_path / "a" / "model.pt", model, _info())
+    save_model(tmp_path / "b" / "other-name.pt", model, _info())
+    assert (tmp_path / "a" / "model.pt").read_bytes() == \
+        (tmp_path / "b" / "other-name.pt").read_bytes()
