@@ -35,7 +35,15 @@ from tqdm import tqdm
 
 from pipeline.data import Sample, data_fingerprint, fit_image, load_split
 from pipeline.errors import InputError, ParamsError
-from pipeline.io import content_hash, read_mask, read_rgb, write_bytes, write_json, write_text
+from pipeline.io import (
+    content_hash,
+    read_mask,
+    read_rgb,
+    rgb_png_bytes,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from pipeline.metrics import SegMetrics, confusion_matrix, mean_iou, segmentation_metrics
 from pipeline.model import ModelInfo, UNet, load_model, pick_device
 from pipeline.params import EvaluateParams, Params, load_params
@@ -44,7 +52,6 @@ from pipeline.predict import (
     overlay_panels,
     predict_batch,
     prefetch_batches,
-    rgb_png_bytes,
 )
 
 

@@ -155,6 +155,22 @@ def read_mask(path: str | Path) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8).copy()
 
 
+def read_photo(path: str | Path) -> np.ndarray:
+    """A user's image as H x W x 3 uint8, turned upright by its EXIF orientation (as a viewer
+    shows it). Raises one of PIL_ERRORS for a file PIL cannot decode."""
+    with Image.open(path) as image:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+        return np.asarray(upright.convert("RGB"), dtype=np.uint8).copy()
+
+
+def rgb_png_bytes(rgb: np.ndarray) -> bytes:
+    """Encode an H x W x 3 uint8 picture (an overlay) as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read a prepared image as HxWx3 uint8. No EXIF rotation: prepared images are in the
     annotation frame already."""
@@ -172,7 +188,8 @@ _EXIF_ORIENTATION = 0x0112
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "GIF": "gif", "TIFF": "tif",
                "WEBP": "webp", "MPO": "jpg"}
 #: What PIL raises on a corrupt, truncated or hostile file (no bare `except Exception`).
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
+#: what PIL raises for a file it cannot decode (truncation and unknown formats are OSError)
+PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
                zlib.error, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
@@ -218,7 +235,7 @@ def _open_image(data: bytes) -> Iterator[Image.Image]:
         except Image.UnidentifiedImageError:
             raise ImageError("image_corrupt", "not a readable image: unknown or unsupported "
                              "format (must be JPEG, PNG, BMP, GIF, TIFF or WebP)") from None
-        except _PIL_ERRORS as exc:
+        except PIL_ERRORS as exc:
             raise ImageError("image_corrupt", f"not a readable image: {_reason(exc)}") from None
         with image:
             yield image
@@ -240,7 +257,7 @@ def probe_image(data: bytes) -> ImageInfo:
         info = ImageInfo(image.format or "unknown", image.width, image.height)
         try:
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        except _PIL_ERRORS:
+        except PIL_ERRORS:
             orientation = 1  # unreadable EXIF: the pixels are what they are
         if not isinstance(orientation, int) or not 1 <= orientation <= 8:
             orientation = 1
@@ -249,7 +266,7 @@ def probe_image(data: bytes) -> ImageInfo:
             if image.format == "JPEG":
                 image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
-        except _PIL_ERRORS as exc:
+        except PIL_ERRORS as exc:
             raise ImageError("image_corrupt", f"image does not decode: {_reason(exc)}") from None
     return info
 

@@ -12,7 +12,6 @@ size. The helpers here (device choice, batch prediction, overlays) are shared wi
 
 from __future__ import annotations
 
-import io as _io
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -24,17 +23,22 @@ from typing import TypeVar
 import click
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from pipeline.data import fit_image, to_float, unfit_logits
 from pipeline.errors import InputError
-from pipeline.io import IGNORE, voc_palette, write_bytes, write_mask
+from pipeline.formats import IMAGE_SUFFIXES
+from pipeline.io import (
+    IGNORE,
+    PIL_ERRORS,
+    read_photo,
+    rgb_png_bytes,
+    voc_palette,
+    write_bytes,
+    write_mask,
+)
 from pipeline.model import ModelInfo, UNet, load_model, pick_device
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-# what PIL raises for a file it cannot decode (UnidentifiedImageError and truncation are OSError)
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -127,22 +131,7 @@ def overlay_panels(image: np.ndarray, masks: Sequence[np.ndarray], titles: Seque
     return np.asarray(canvas)
 
 
-def rgb_png_bytes(rgb: np.ndarray) -> bytes:
-    buffer = _io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=3)
-    return buffer.getvalue()
-
-
 # ---------------------------------------------------------------- inputs and outputs
-
-
-def read_photo(path: Path) -> np.ndarray:
-    """A user's image as H x W x 3 uint8, turned upright by its EXIF orientation (as a viewer
-    shows it). Raises one of DECODE_ERRORS for a file PIL cannot decode."""
-    with Image.open(path) as image:
-        image.load()
-        upright = ImageOps.exif_transpose(image)
-        return np.asarray(upright.convert("RGB"), dtype=np.uint8).copy()
 
 
 @dataclass(frozen=True)
@@ -200,7 +189,7 @@ def _load(job: Job, size: int, mode: str) -> tuple[np.ndarray, np.ndarray] | str
     """(original, fitted) image, or the reason it cannot be read."""
     try:
         rgb = read_photo(job.image)
-    except DECODE_ERRORS as exc:
+    except PIL_ERRORS as exc:
         return f"{job.image}: cannot read image: {exc}"
     return rgb, fit_image(rgb, size, mode)
 

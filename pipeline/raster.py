@@ -29,11 +29,11 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.io import PIL_ERRORS
 from pipeline.records import Shape
 
 #: Pillow errors that mean "this is not a decodable PNG" (DecompressionBombError is not an
 #: OSError: a mask PNG past Pillow's pixel limit is refused the same way).
-PNG_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 #: Minimum number of points per kind, and the exact number where the kind fixes it.
 MIN_POINTS = {"polygon": 3, "line": 2, "linestrip": 2, "circle": 2, "rectangle": 2,
@@ -124,7 +124,7 @@ def decode_mask_png(data: bytes | None, size: tuple[int, int] | None = None) -> 
         raise ValueError("mask shape has no PNG data")
     try:
         img = Image.open(io.BytesIO(data), formats=["PNG"])
-    except PNG_ERRORS as exc:
+    except PIL_ERRORS as exc:
         raise ValueError(f"mask PNG cannot be decoded: {exc}") from None
     with img:
         if size is not None and img.size != size:
@@ -132,7 +132,7 @@ def decode_mask_png(data: bytes | None, size: tuple[int, int] | None = None) -> 
                              f"got {img.size[0]}x{img.size[1]}")
         try:
             arr = np.asarray(img)
-        except PNG_ERRORS as exc:
+        except PIL_ERRORS as exc:
             raise ValueError(f"mask PNG cannot be decoded: {exc}") from None
         if arr.ndim != 2:
             raise ValueError(f"mask PNG must have one channel (mode 1, L, P or I), "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -125,3 +127,13 @@ def huge_png_header(width: int, height: int) -> bytes:
         + b"IEND"
         + struct.pack(">I", zlib.crc32(b"IEND"))
     )
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG that declares a huge size (what a decompression bomb looks like)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from formats_fixtures import png_header_only
 from PIL import Image, ImageOps
 
 from pipeline import convert as convert_module
@@ -200,17 +201,6 @@ def test_missing_raw_dir_is_a_clear_error(project: Path) -> None:
 
 # ------------------------------------------------------------------------------ bad inputs
 
-
-def png_header_only(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
 
 
 def test_bad_inputs_are_reported_and_good_files_still_convert(project: Path) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import io as stdio
 import os
 import stat
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from formats_fixtures import png_header_only
 from PIL import Image, ImageOps
 
 from pipeline import io
@@ -27,15 +26,6 @@ def jpeg_bytes(width: int, height: int, orientation: int = 1, seed: int = 0) -> 
     Image.fromarray(pixels).save(buffer, "JPEG", quality=90, exif=exif)
     return buffer.getvalue()
 
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG that declares a huge size (what a decompression bomb looks like)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
 
 
 def decode(data: bytes) -> np.ndarray:
