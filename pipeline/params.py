@@ -67,8 +67,8 @@ class TrainParams:
     upsample: str = "bilinear"  # "bilinear" or "transpose"
     loss: str = "ce_dice"  # "ce", "dice" or "ce_dice"
     class_weights: tuple[float, ...] | None = None
-    epochs: int = 30
-    batch_size: int = 16
+    epochs: int = 40
+    batch_size: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-4
     hflip: bool = True
