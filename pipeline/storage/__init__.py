@@ -1,0 +1,1 @@
+"""Everything that reads or writes files: atomic writes and hashing (files), images, masks."""
