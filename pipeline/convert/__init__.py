@@ -1,0 +1,1 @@
+"""Stage convert: annotation files -> validated masks, manifest and reports (see stage.py)."""

@@ -1,0 +1,280 @@
+"""Annotation readers: one module per format, each turns a file into a Record plus Issues.
+
+Public API (used by the convert stage):
+
+- `find_annotations(raw_dir)` lists the annotation files under a raw dir, sorted.
+- `read_annotation(path, raw_dir)` reads one file into `(Record | None, issues)`; it never raises
+  for a bad file. The record is None exactly when an issue is an error (the file is left out).
+- `merge_records(records)` joins the records of one sample (boxes first, Labelme polygons last).
+
+Readers never rasterise and never decode images; they resolve the image file (which must exist
+inside the raw dir) or the embedded image bytes, and pass coordinates through in Labelme's
+continuous 0-based pixel frame (see pipeline/records.py).
+
+The small helpers below are shared by the reader modules (labelme, voc, yolo).
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from pipeline.core.records import Issue, Record, Shape, is_error
+from pipeline.storage.images import IMAGE_SUFFIXES
+
+#: Name of LabelImg's class list that turns the .txt files beside and below it into YOLO labels.
+CLASSES_TXT = "classes.txt"
+
+#: Formats of box annotations; merged records draw these first, Labelme shapes over them.
+BOX_FORMATS = ("voc", "yolo")
+
+_READERS = {".json": "labelme", ".xml": "voc", ".txt": "yolo"}
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+# The path helpers below work on strings (os.path), not Path objects: they run several times
+# per annotation file, and pathlib's parsing was a visible share of the stage's time.
+
+
+def _prefix(directory: str) -> str:
+    """`directory` (absolute, normalised) as the prefix its descendants' paths start with."""
+    return directory if directory.endswith(os.sep) else directory + os.sep
+
+
+def rel_posix(path: Path | str, raw_dir: Path | str) -> str:
+    """`path` relative to `raw_dir` in posix form (absolute paths compared, symlinks kept)."""
+    target, top = os.path.abspath(path), os.path.abspath(raw_dir)
+    prefix = _prefix(top)
+    rel = target[len(prefix):] if target.startswith(prefix) else os.path.relpath(target, top)
+    return rel if os.sep == "/" else rel.replace(os.sep, "/")
+
+
+def sample_id(path: Path | str, raw_dir: Path | str) -> str:
+    """Sample id: the annotation path relative to the raw dir, without its extension."""
+    rel = rel_posix(path, raw_dir)
+    head, slash, name = rel.rpartition("/")
+    dot = name.rfind(".")
+    if not name or name == "." or name == "..":
+        raise ValueError(f"{rel!r} has an empty name")  # as PurePosixPath.with_suffix
+    if 0 < dot < len(name) - 1:  # PurePosixPath's suffix rule: not leading, not trailing
+        name = name[:dot]
+    return f"{head}{slash}{name}"
+
+
+def reader_result(path: Path | str, raw_dir: Path | str, fmt: str, issues: list[Issue], *,
+                  image_path: str | None, image_data: bytes | None, width: int | None,
+                  height: int | None, shapes: Sequence[Shape],
+                  version: str | None = None) -> tuple[Record | None, list[Issue]]:
+    """What every reader returns: no record when any issue is an error, else the Record."""
+    if is_error(issues):
+        return None, issues
+    record = Record(id=sample_id(path, raw_dir), annotation=rel_posix(path, raw_dir), format=fmt,
+                    image_path=image_path, image_data=image_data, width=width, height=height,
+                    shapes=tuple(shapes), version=version)
+    return record, issues
+
+
+def normalized(path: Path | str) -> Path:
+    """Absolute form of `path` with `.` and `..` removed lexically (symlinks are kept)."""
+    return Path(os.path.abspath(path))  # abspath normalises
+
+
+def is_inside(path: Path | str, raw_dir: Path | str) -> bool:
+    """True when `path`, its `..` parts removed, lies inside `raw_dir`.
+
+    The test is lexical on purpose: a path written in an annotation cannot climb out with
+    `..` or an absolute path, while symlinks the user placed inside the raw dir (e.g. DVC's
+    symlink cache) are followed as the user intended.
+    """
+    target, top = os.path.abspath(path), os.path.abspath(raw_dir)
+    return target == top or target.startswith(_prefix(top))
+
+
+def is_image_name(name: str) -> bool:
+    """True when the file name ends with a known image suffix (any case)."""
+    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_foreign_absolute(text: str) -> bool:
+    """True for an absolute path in posix or Windows form (`/x`, `C:\\x`, `\\\\server\\x`)."""
+    return PurePosixPath(text).is_absolute() or bool(PureWindowsPath(text).anchor)
+
+
+def find_image_by_stem(directory: Path, stem: str) -> Path | None:
+    """The image `<stem>.<image suffix>` in `directory` (suffix in any case), else None."""
+    for suffix in IMAGE_SUFFIXES:  # the usual spellings first: no directory listing
+        for spelled in (suffix, suffix.upper()):
+            candidate = directory / f"{stem}{spelled}"
+            if candidate.is_file():
+                return candidate
+    if not directory.is_dir():
+        return None
+    found: dict[str, Path] = {}  # then any case, e.g. ".Jpg"
+    for entry in sorted(directory.iterdir()):
+        suffix = entry.suffix.lower()
+        if entry.stem == stem and suffix in IMAGE_SUFFIXES and entry.is_file():
+            found.setdefault(suffix, entry)
+    for suffix in IMAGE_SUFFIXES:
+        if suffix in found:
+            return found[suffix]
+    return None
+
+
+def decode_text(raw: bytes) -> tuple[str | None, str | None]:
+    """Decode annotation text: UTF-8 (with or without BOM), UTF-16 with BOM, else GB18030.
+
+    Returns (text, encoding) where encoding is None for UTF-8 and the name of the fallback
+    encoding otherwise (the caller warns about it); text is None when nothing decodes.
+    """
+    try:
+        return raw.decode("utf-8-sig"), None
+    except UnicodeDecodeError:
+        pass
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError:
+            return None, None
+    try:
+        return raw.decode("gb18030"), "gb18030"
+    except UnicodeDecodeError:
+        return None, None
+
+
+def read_text(path: Path, file: str) -> tuple[str | None, list[Issue]]:
+    """Read a text file, decoding as `decode_text` does; issues name `file`."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return None, [Issue(file, None, "read_error", "error", f"cannot read {file}: {exc}")]
+    text, encoding = decode_text(raw)
+    if text is None:
+        return None, [
+            Issue(
+                file,
+                None,
+                "encoding",
+                "error",
+                f"{file} must be UTF-8 (or GB18030/GBK) text, got bytes that decode as neither",
+            )
+        ]
+    if encoding is not None:
+        return text, [
+            Issue(
+                file,
+                None,
+                "encoding",
+                "warning",
+                f"{file} must be UTF-8, got {encoding}; read it as {encoding}",
+            )
+        ]
+    return text, []
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _has_classes_txt(directory: Path) -> bool:
+    return (directory / CLASSES_TXT).is_file()
+
+
+def find_annotations(raw_dir: Path) -> list[Path]:
+    """All annotation files under `raw_dir`, sorted by their posix path relative to it.
+
+    Annotations are `.json` (Labelme), `.xml` (Pascal VOC) and `.txt` YOLO labels; a `.txt`
+    counts only when a `classes.txt` is in its dir or an ancestor dir inside `raw_dir`, and
+    `classes.txt` itself is not an annotation. Hidden files and dirs (".name") are skipped.
+    """
+    return [Path(dirpath, rel.rpartition("/")[2]) for rel, dirpath in _walk_annotations(raw_dir)]
+
+
+def find_annotation_paths(raw_dir: Path) -> list[str]:
+    """`find_annotations` as posix paths relative to `raw_dir` (what convert keys on)."""
+    return [rel for rel, _ in _walk_annotations(raw_dir)]
+
+
+def _walk_annotations(raw_dir: Path) -> list[tuple[str, str]]:
+    """(raw-relative posix path, dir as os.walk spells it) of every annotation, sorted."""
+    found: list[tuple[str, str]] = []
+    yolo_dirs: set[str] = set()  # dirs under which .txt files are YOLO labels
+    parents: dict[str, str] = {}  # dirpath -> its parent's dirpath, as os.walk spells them
+    for dirpath, dirnames, filenames in os.walk(raw_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        parents.update((os.path.join(dirpath, d), dirpath) for d in dirnames)
+        if parents.get(dirpath) in yolo_dirs or _has_classes_txt(Path(dirpath)):
+            yolo_dirs.add(dirpath)
+        rel_dir = rel_posix(dirpath, raw_dir)
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            dot = name.rfind(".")
+            suffix = name[dot:].lower() if 0 < dot < len(name) - 1 else ""  # Path.suffix
+            if suffix == ".txt" and (name == CLASSES_TXT or dirpath not in yolo_dirs):
+                continue
+            if suffix in _READERS:
+                found.append((prefix + name, dirpath))
+    return sorted(found)
+
+
+def read_annotation(path: Path, raw_dir: Path) -> tuple[Record | None, list[Issue]]:
+    """Read one annotation file (format chosen by its suffix) into a Record and its issues.
+
+    Never raises for a bad file: the record is None exactly when an issue is an error.
+    """
+    from pipeline.convert.formats import labelme, voc, yolo
+
+    path, raw_dir = Path(path), Path(raw_dir)
+    reader = _READERS.get(path.suffix.lower())
+    if reader == "labelme":
+        return labelme.read_labelme(path, raw_dir)
+    if reader == "voc":
+        return voc.read_voc(path, raw_dir)
+    if reader == "yolo":
+        return yolo.read_yolo(path, raw_dir)
+    file = rel_posix(path, raw_dir)
+    return None, [
+        Issue(
+            file,
+            None,
+            "unknown_format",
+            "error",
+            f"{file}: annotation suffix must be one of .json, .xml, .txt, got {path.suffix!r}",
+        )
+    ]
+
+
+def merge_records(records: Sequence[Record]) -> Record:
+    """Join the records of one sample: box formats first, Labelme last (its shapes win).
+
+    Shapes keep their per-file index and name their file in Shape.source. `annotation` is
+    the sorted paths joined by ";", `format` the formats in drawing order joined by "+".
+    The image comes from the first record (in drawing order) that has one; embedded data,
+    the declared size and the version likewise. Raises ValueError for an empty list or
+    records of different ids (a programming error, not a data problem).
+    """
+    if not records:
+        raise ValueError("merge_records needs at least one record, got none")
+    ids = sorted({r.id for r in records})
+    if len(ids) != 1:
+        raise ValueError(f"merge_records needs records of one sample id, got {ids}")
+    if len(records) == 1:
+        return records[0]
+    ordered = sorted(records, key=lambda r: (r.format not in BOX_FORMATS, r.annotation))
+    sized = [r for r in ordered if r.width is not None and r.height is not None]
+    return Record(
+        id=ids[0],
+        annotation=";".join(sorted(r.annotation for r in ordered)),
+        format="+".join(r.format for r in ordered),
+        image_path=next((r.image_path for r in ordered if r.image_path is not None), None),
+        image_data=next((r.image_data for r in ordered if r.image_data is not None), None),
+        width=sized[0].width if sized else None,
+        height=sized[0].height if sized else None,
+        shapes=tuple(replace(s, source=r.annotation) for r in ordered for s in r.shapes),
+        version=next((r.version for r in ordered if r.version is not None), None),
+    )
