@@ -1,7 +1,8 @@
 """Stage `split`: a sticky, stratified, group-aware train/val split (+ a fixed benchmark set).
 
-`segpipe split` reads `<convert.out_dir>/manifest.csv` and writes `split.splits_path`
-(csv: id, group, split, version; sorted by id) and `split.report_path` (a DVC metric).
+`segpipe split` reads `<convert.out_dir>/manifest.csv` (core/manifest.py) and writes
+`split.splits_path` (csv: id, group, split, version; sorted by id) and `split.report_path`
+(a DVC metric).
 `assign_splits` is the pure algorithm; the functions below it do the IO.
 
 How samples are placed
@@ -46,7 +47,7 @@ import io
 import math
 import re
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,33 +56,32 @@ import click
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import InputError, ParamsError
-from pipeline.io import content_hash, write_json, write_text
-from pipeline.params import SplitParams, load_params
+from pipeline.core.hashing import content_hash
+from pipeline.core.manifest import (
+    SPLITS,
+    SPLITS_COLUMNS,
+    Splits,
+    manifest_path,
+    read_manifest,
+    read_splits,
+)
+from pipeline.errors import InputError
+from pipeline.params import Params, SplitParams, params_option
+from pipeline.storage.files import write_json, write_text
 
-SPLITS = ("train", "val", "benchmark")
 TRAIN, VAL, BENCH, NONE = 0, 1, 2, -1
 _CODE = {name: code for code, name in enumerate(SPLITS)}
-SPLITS_COLUMNS = ("id", "group", "split", "version")
 _FLIP_STEPS = 64  # single-group flips per pass after the bulk fill (|residual| shrinks each)
 
 
 @dataclass(frozen=True)
-class Samples:
+class SplitInput:
     """What the split needs from the manifest: one row per sample, any order."""
 
     ids: np.ndarray  # (N,) str
     duplicate_groups: np.ndarray  # (N,) str: the manifest's `group` (same image bytes)
     pixels: np.ndarray  # (N, C) int64: pixels of each class; presence = pixels > 0
     classes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Previous:
-    """An existing splits.csv: id -> split, and the `split.version` it was made with."""
-
-    assignments: Mapping[str, str]
-    version: int | None  # None: the file does not say (kept, as if it were current)
 
 
 @dataclass(frozen=True)
@@ -98,40 +98,18 @@ class SplitResult:
 # pure core
 
 
-def check_params(cfg: SplitParams) -> re.Pattern[str] | None:
-    """Validate the split section; return the compiled group pattern (None when unset)."""
-    problems = []
-    if not 0.0 < cfg.val_fraction < 1.0:
-        problems.append(f"split.val_fraction must be between 0 and 1 (exclusive), "
-                        f"got {cfg.val_fraction}")
-    if not 0.0 <= cfg.tolerance < 1.0:
-        problems.append(f"split.tolerance must be in [0, 1), got {cfg.tolerance}")
-    pattern = None
-    if cfg.group_pattern is not None:
-        try:
-            pattern = re.compile(cfg.group_pattern)
-        except re.error as exc:
-            problems.append(f"split.group_pattern must be a valid regex, got "
-                            f"{cfg.group_pattern!r} ({exc})")
-        else:
-            if "group" not in pattern.groupindex:
-                problems.append(
-                    f"split.group_pattern must contain a named group (?P<group>...) that "
-                    f"picks the group key out of the id, e.g. '^(?P<group>.+)_\\d+$', "
-                    f"got {cfg.group_pattern!r}")
-    if problems:
-        raise ParamsError("\n".join(problems))
-    return pattern
+def group_regex(cfg: SplitParams) -> re.Pattern[str] | None:
+    """The compiled `split.group_pattern` (params.py checked it), None when unset."""
+    return None if cfg.group_pattern is None else re.compile(cfg.group_pattern)
 
 
-def assign_splits(samples: Samples, cfg: SplitParams, *, previous: Previous | None = None,
+def assign_splits(samples: SplitInput, cfg: SplitParams, *, previous: Splits | None = None,
                   benchmark: Collection[str] = (),
                   benchmark_source: str = "split.benchmark") -> SplitResult:
     """Place every sample in train, val or benchmark (see the module docstring)."""
-    pattern = check_params(cfg)
+    # 1. the samples sorted by id (the result never depends on the manifest's row order)
     order = np.argsort(samples.ids, kind="stable")
     ids = np.asarray(samples.ids, dtype=str)[order]
-    dups = np.asarray(samples.duplicate_groups, dtype=str)[order]
     classes = samples.classes
     pixels = np.asarray(samples.pixels, dtype=np.int64)
     if pixels.shape != (len(ids), len(classes)):
@@ -144,16 +122,18 @@ def assign_splits(samples: Samples, cfg: SplitParams, *, previous: Previous | No
                          f"{_examples(repeated)}")
     bench = _benchmark_mask(ids, benchmark, benchmark_source)
 
+    # 2. groups: regex keys + duplicate images
     warnings: list[str] = []
     notes: list[str] = []
-    comp, names, unmatched = _groups(ids, dups, pattern)
+    comp, names, unmatched = _groups(ids, np.asarray(samples.duplicate_groups, dtype=str)[order],
+                                     group_regex(cfg))
     if len(unmatched):
         warnings.append(f"{len(unmatched)} id(s) do not match split.group_pattern "
                         f"{cfg.group_pattern!r}; each is a group of its own: "
                         f"{_examples(unmatched)}")
-    n_groups = len(names)
 
-    # previous assignments (benchmark rows are free again: the list decides them)
+    # 3. what is fixed already: previous assignments (unless the version changed), the
+    # benchmark list (its rows are free again: the list decides them)
     prev_code = _previous_codes(ids, previous)
     prior = prev_code.copy()
     if previous is not None and previous.version is not None and previous.version != cfg.version:
@@ -161,46 +141,22 @@ def assign_splits(samples: Samples, cfg: SplitParams, *, previous: Previous | No
                      f"all samples reshuffled")
         prior[:] = NONE
     prior[prior == BENCH] = NONE
+    group_split = _fixed_groups(comp, len(names), prior, bench)
 
-    group_split = np.full(n_groups, NONE, dtype=np.int8)
-    old_train = np.bincount(comp[prior == TRAIN], minlength=n_groups)
-    old_val = np.bincount(comp[prior == VAL], minlength=n_groups)
-    group_split[(old_train > 0) & (old_val == 0)] = TRAIN
-    group_split[(old_val > 0) & (old_train == 0)] = VAL
-    conflict = np.flatnonzero((old_train > 0) & (old_val > 0))
-    if len(conflict):
-        first_old = np.full(n_groups, len(ids))
-        has_prior = np.flatnonzero(prior != NONE)
-        np.minimum.at(first_old, comp[has_prior], has_prior)
-        tie_side = prior[np.minimum(first_old, len(ids) - 1)]
-        side = np.where(old_val > old_train, VAL, np.where(old_train > old_val, TRAIN, tie_side))
-        group_split[conflict] = side[conflict]
-    has_bench = np.bincount(comp[bench], minlength=n_groups) > 0
-    group_split[has_bench] = VAL
-
-    # per-group counts over train/val candidates (benchmark samples excluded)
-    keep = ~bench
-    present = (pixels > 0) & keep[:, None]
-    images = np.bincount(comp, weights=keep, minlength=n_groups)
-    counts = np.stack([np.bincount(comp, weights=present[:, c], minlength=n_groups)
-                       for c in range(len(classes))], axis=1) if n_groups else \
-        np.zeros((0, len(classes)))
-    pix = np.stack([np.bincount(comp, weights=pixels[:, c] * keep, minlength=n_groups)
-                    for c in range(len(classes))], axis=1) if n_groups else \
-        np.zeros((0, len(classes)))
+    # 4. the new groups, one pass per class (rarest first), then the rest by image count
+    counts, pix, images = _group_counts(comp, len(names), pixels, bench)
     group_hash = _hash_names(names, cfg.seed, cfg.version)
-
     groups_with = (counts > 0).sum(axis=0)
-    passes = sorted(range(1, len(classes)), key=lambda c: (groups_with[c], c))
-    for c in passes:
-        per_image = np.divide(pix[:, c], counts[:, c], out=np.zeros(n_groups),
+    for c in sorted(range(1, len(classes)), key=lambda c: (groups_with[c], c)):
+        per_image = np.divide(pix[:, c], counts[:, c], out=np.zeros(len(names)),
                               where=counts[:, c] > 0)
         _place(group_split, counts[:, c], per_image, group_hash, cfg.val_fraction,
                _fraction(cfg.seed, cfg.version, classes[c]), both_sides=True)
-    _place(group_split, images, np.zeros(n_groups), group_hash, cfg.val_fraction,
+    _place(group_split, images, np.zeros(len(names)), group_hash, cfg.val_fraction,
            _fraction(cfg.seed, cfg.version, "\x00all"), both_sides=False)
     group_split[group_split == NONE] = TRAIN  # only groups made of benchmark ids are left
 
+    # 5. groups -> samples, and what moved
     split_code = group_split[comp].astype(np.int8)
     split_code[bench] = BENCH
     moved = (prior != NONE) & (split_code != prior)
@@ -208,11 +164,49 @@ def assign_splits(samples: Samples, cfg: SplitParams, *, previous: Previous | No
         warnings.append(f"{int(moved.sum())} previously assigned sample(s) changed split to "
                         f"keep their group together (new duplicates or group members, or "
                         f"the benchmark list): {_examples(ids[moved])}")
-
     report = _report(cfg, classes, split_code, comp, counts, pixels, bench, group_split,
                      prev_code, previous, warnings)
     return SplitResult(ids=ids, groups=names[comp], splits=np.asarray(SPLITS)[split_code],
                        report=report, warnings=tuple(warnings), notes=tuple(notes))
+
+
+def _fixed_groups(comp: np.ndarray, n_groups: int, prior: np.ndarray, bench: np.ndarray
+                  ) -> np.ndarray:
+    """Each group's split from its previously placed samples (NONE when it has none). A group
+    whose old samples sit on both sides (new data joined them) goes to the side with more of
+    them (ties: the side of its smallest id); a group with a benchmark id goes to val."""
+    group_split = np.full(n_groups, NONE, dtype=np.int8)
+    old_train = np.bincount(comp[prior == TRAIN], minlength=n_groups)
+    old_val = np.bincount(comp[prior == VAL], minlength=n_groups)
+    group_split[(old_train > 0) & (old_val == 0)] = TRAIN
+    group_split[(old_val > 0) & (old_train == 0)] = VAL
+    conflict = np.flatnonzero((old_train > 0) & (old_val > 0))
+    if len(conflict):
+        first_old = np.full(n_groups, len(prior))
+        has_prior = np.flatnonzero(prior != NONE)
+        np.minimum.at(first_old, comp[has_prior], has_prior)
+        tie_side = prior[np.minimum(first_old, len(prior) - 1)]
+        side = np.where(old_val > old_train, VAL, np.where(old_train > old_val, TRAIN, tie_side))
+        group_split[conflict] = side[conflict]
+    group_split[np.bincount(comp[bench], minlength=n_groups) > 0] = VAL
+    return group_split
+
+
+def _group_counts(comp: np.ndarray, n_groups: int, pixels: np.ndarray, bench: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group, over its train/val candidates (benchmark samples excluded): images showing
+    each class (groups x classes), pixels of each class, and images."""
+    n_classes = pixels.shape[1]
+    keep = ~bench
+    present = (pixels > 0) & keep[:, None]
+    images = np.bincount(comp, weights=keep, minlength=n_groups)
+    if not n_groups:
+        return np.zeros((0, n_classes)), np.zeros((0, n_classes)), images
+    counts = np.stack([np.bincount(comp, weights=present[:, c], minlength=n_groups)
+                       for c in range(n_classes)], axis=1)
+    pix = np.stack([np.bincount(comp, weights=pixels[:, c] * keep, minlength=n_groups)
+                    for c in range(n_classes)], axis=1)
+    return counts, pix, images
 
 
 def _benchmark_mask(ids: np.ndarray, benchmark: Collection[str], source: str) -> np.ndarray:
@@ -276,7 +270,7 @@ def _groups(ids: np.ndarray, dups: np.ndarray, pattern: re.Pattern[str] | None
     return comp.astype(np.int64), names.astype(str), unmatched
 
 
-def _previous_codes(ids: np.ndarray, previous: Previous | None) -> np.ndarray:
+def _previous_codes(ids: np.ndarray, previous: Splits | None) -> np.ndarray:
     codes = np.full(len(ids), NONE, dtype=np.int8)
     if previous is None or not previous.assignments:
         return codes
@@ -350,10 +344,11 @@ def _share(part: float, whole: float) -> float | None:
 
 def _report(cfg: SplitParams, classes: tuple[str, ...], split_code: np.ndarray, comp: np.ndarray,
             counts: np.ndarray, pixels: np.ndarray, bench: np.ndarray, group_split: np.ndarray,
-            prev_code: np.ndarray, previous: Previous | None, warnings: list[str]
+            prev_code: np.ndarray, previous: Splits | None, warnings: list[str]
             ) -> dict[str, Any]:
+    """reports/split.json: images and groups per split, each class's shares against the
+    target (with its allowance), and what changed since the previous split."""
     f = cfg.val_fraction
-    present = pixels > 0
     splits: dict[str, Any] = {}
     for code, name in enumerate(SPLITS):
         rows = split_code == code
@@ -362,39 +357,19 @@ def _report(cfg: SplitParams, classes: tuple[str, ...], split_code: np.ndarray, 
     worst = worst_px = 0.0
     within = True
     for c, name in enumerate(classes):
-        n = {s: int((present[:, c] & (split_code == code)).sum()) for code, s in enumerate(SPLITS)}
-        px = {s: int(pixels[split_code == code, c].sum()) for code, s in enumerate(SPLITS[:2])}
-        total, total_px = n["train"] + n["val"], px["train"] + px["val"]
-        groups = int((counts[:, c] > 0).sum())
-        val_share = _share(n["val"], total)
-        val_px = _share(px["val"], total_px)
-        allowed = max(cfg.tolerance, counts[:, c].max() / total) if total else None
-        deviation = round(val_share - f, 6) if val_share is not None else None
-        per_class[name] = {
-            "images": n, "groups": groups,
-            "image_share": {"train": _share(n["train"], total), "val": val_share},
-            "pixel_share": {"train": _share(px["train"], total_px), "val": val_px},
-            "target": f, "deviation": deviation,
-            "allowed": round(float(allowed), 6) if allowed is not None else None,
-        }
+        entry = _class_entry(cfg, c, pixels, split_code, counts)
+        per_class[name] = entry
+        total = entry["images"]["train"] + entry["images"]["val"]
         if c == 0 or not total:
             if not total:
                 warnings.append(f"class {name!r} has no image outside the benchmark set")
             continue
-        worst = max(worst, abs(deviation))
-        if val_px is not None:
-            worst_px = max(worst_px, abs(val_px - f))
-        for side in ("val", "train"):
-            if n[side]:
-                continue
-            why = (f"its {total} image(s) form one group, which cannot be in both splits"
-                   if groups < 2 else f"{total} image(s) in {groups} groups, placed earlier")
-            warnings.append(f"class {name!r} is missing from {side}: {why}")
-        if abs(deviation) > allowed + 1e-9:
-            within = False
-        if n["val"] and n["train"] and abs(deviation) > allowed + 1e-9:
-            warnings.append(f"class {name!r}: val image share {val_share:.3f} is outside "
-                            f"{f:g} +- {allowed:.3f}")
+        worst = max(worst, abs(entry["deviation"]))
+        if entry["pixel_share"]["val"] is not None:
+            worst_px = max(worst_px, abs(entry["pixel_share"]["val"] - f))
+        outside = abs(entry["deviation"]) > entry["allowed"] + 1e-9
+        within = within and not outside
+        warnings += _class_warnings(name, entry, total, outside, f)
     prev_known = prev_code != NONE
     removed = 0
     if previous is not None:
@@ -419,6 +394,44 @@ def _report(cfg: SplitParams, classes: tuple[str, ...], split_code: np.ndarray, 
     }
 
 
+def _class_entry(cfg: SplitParams, c: int, pixels: np.ndarray, split_code: np.ndarray,
+                 counts: np.ndarray) -> dict[str, Any]:
+    """One class in split.json: images per split, image and pixel shares, the deviation of
+    its val share from the target and the deviation it is allowed."""
+    present = pixels[:, c] > 0
+    n = {s: int((present & (split_code == code)).sum()) for code, s in enumerate(SPLITS)}
+    px = {s: int(pixels[split_code == code, c].sum()) for code, s in enumerate(SPLITS[:2])}
+    total, total_px = n["train"] + n["val"], px["train"] + px["val"]
+    val_share = _share(n["val"], total)
+    allowed = max(cfg.tolerance, counts[:, c].max() / total) if total else None
+    return {
+        "images": n, "groups": int((counts[:, c] > 0).sum()),
+        "image_share": {"train": _share(n["train"], total), "val": val_share},
+        "pixel_share": {"train": _share(px["train"], total_px),
+                        "val": _share(px["val"], total_px)},
+        "target": cfg.val_fraction,
+        "deviation": round(val_share - cfg.val_fraction, 6) if val_share is not None else None,
+        "allowed": round(float(allowed), 6) if allowed is not None else None,
+    }
+
+
+def _class_warnings(name: str, entry: dict[str, Any], total: int, outside: bool,
+                    f: float) -> list[str]:
+    """A foreground class missing from a split, or outside its allowed deviation."""
+    warnings = []
+    n, groups = entry["images"], entry["groups"]
+    for side in ("val", "train"):
+        if n[side]:
+            continue
+        why = (f"its {total} image(s) form one group, which cannot be in both splits"
+               if groups < 2 else f"{total} image(s) in {groups} groups, placed earlier")
+        warnings.append(f"class {name!r} is missing from {side}: {why}")
+    if n["val"] and n["train"] and outside:
+        warnings.append(f"class {name!r}: val image share {entry['image_share']['val']:.3f} is "
+                        f"outside {f:g} +- {entry['allowed']:.3f}")
+    return warnings
+
+
 def _examples(values: np.ndarray, n: int = 3) -> str:
     shown = ", ".join(repr(str(v)) for v in values[:n])
     return shown + (f" and {len(values) - n} more" if len(values) > n else "")
@@ -428,59 +441,12 @@ def _examples(values: np.ndarray, n: int = 3) -> str:
 # IO at the edges
 
 
-def read_manifest(path: Path, classes: tuple[str, ...]) -> Samples:
-    """The manifest columns the split needs; a missing file or column is an InputError."""
-    if not path.is_file():
-        raise InputError(f"{path}: manifest not found; run `segpipe convert` first")
-    columns = ["id", "group", *(f"px.{c}" for c in classes)]
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: must be a CSV with a header row, got an empty file") from None
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise InputError(f"{path}: must have the columns {missing} (one px.<class> per class in "
-                         f"params.yaml); re-run `segpipe convert` after changing classes")
-    table = pd.read_csv(path, usecols=columns, dtype={"id": str, "group": str},
-                        keep_default_na=False)
-    px_cols = columns[2:]
-    try:
-        pixels = table[px_cols].to_numpy(dtype=np.int64)
-    except (ValueError, TypeError):
-        raise InputError(f"{path}: px.<class> columns must hold integer pixel counts") from None
-    return Samples(ids=table["id"].to_numpy(dtype=str),
-                   duplicate_groups=table["group"].to_numpy(dtype=str),
-                   pixels=pixels, classes=classes)
-
-
-def read_previous(path: Path) -> Previous | None:
-    """An existing splits.csv, or None when there is none yet."""
-    if not path.is_file():
-        return None
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        return None
-    missing = [c for c in ("id", "split") if c not in table.columns]
-    if missing:
-        raise InputError(f"{path}: must have the columns id and split, missing {missing}; "
-                         f"delete it to split from scratch")
-    bad = ~table["split"].isin(SPLITS)
-    if bad.any():
-        rows = [f"line {i + 2}: {v!r}" for i, v in table["split"][bad].head(3).items()]
-        raise InputError(f"{path}: split must be one of {list(SPLITS)}, got {', '.join(rows)}")
-    if table["id"].duplicated().any():
-        raise InputError(f"{path}: ids must be unique, got repeated "
-                         f"{_examples(table['id'][table['id'].duplicated()].to_numpy())}")
-    version = None
-    if "version" in table.columns and len(table):
-        values = table["version"].unique()
-        if len(values) != 1 or not values[0].lstrip("-").isdigit():
-            raise InputError(f"{path}: version must be one integer on every row, got "
-                             f"{sorted(values)[:3]}")
-        version = int(values[0])
-    return Previous(assignments=dict(zip(table["id"], table["split"], strict=True)),
-                    version=version)
+def split_input(manifest_csv: Path, classes: tuple[str, ...]) -> SplitInput:
+    """What the split needs from the manifest (see core.manifest.read_manifest)."""
+    manifest = read_manifest(manifest_csv, classes)
+    return SplitInput(ids=np.array([r.id for r in manifest.rows], dtype=str),
+                      duplicate_groups=np.array([r.group for r in manifest.rows], dtype=str),
+                      pixels=manifest.pixel_counts(), classes=tuple(classes))
 
 
 def read_benchmark(path: Path) -> list[str]:
@@ -499,16 +465,14 @@ def splits_csv(result: SplitResult, version: int) -> str:
     return buffer.getvalue()
 
 
-def run_split(params_path: str | Path = "params.yaml") -> SplitResult:
+def run_split(params: Params) -> SplitResult:
     """The stage: read manifest, old splits and benchmark list; write splits.csv and report."""
-    params = load_params(params_path)
     cfg = params.split
-    check_params(cfg)
-    samples = read_manifest(Path(params.convert.out_dir) / "manifest.csv", params.labels.classes)
+    samples = split_input(manifest_path(params.convert.out_dir), params.labels.classes)
     benchmark: list[str] = []
     if cfg.benchmark is not None:
         benchmark = read_benchmark(Path(cfg.benchmark))
-    previous = read_previous(Path(cfg.splits_path))
+    previous = read_splits(cfg.splits_path)
     result = assign_splits(samples, cfg, previous=previous, benchmark=benchmark,
                            benchmark_source=str(cfg.benchmark))
     write_text(cfg.splits_path, splits_csv(result, cfg.version))
@@ -517,10 +481,8 @@ def run_split(params_path: str | Path = "params.yaml") -> SplitResult:
 
 
 @click.command("split")
-@click.option("--params", "params_path", default="params.yaml", show_default=True,
-              type=click.Path(dir_okay=False), help="params.yaml to read (paths in it are "
-              "relative to the current directory).")
-def command(params_path: str) -> int:
+@params_option
+def command(params: Params) -> int:
     """Sticky, stratified, group-aware train/val split of the converted samples.
 
     Reads <convert.out_dir>/manifest.csv and writes split.splits_path (id, group, split,
@@ -528,7 +490,7 @@ def command(params_path: str) -> int:
     groups are placed so that each class's val image share approaches split.val_fraction.
     Bump split.version to reshuffle everything.
     """
-    result = run_split(params_path)
+    result = run_split(params)
     for line in result.notes:
         click.echo(f"note: {line}", err=True)
     for line in result.warnings:

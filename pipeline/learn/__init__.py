@@ -1,0 +1,1 @@
+"""Stages train and evaluate, and predict: the U-Net, its data, losses, metrics and inference."""

@@ -1,0 +1,344 @@
+"""`segpipe evaluate`: per-class IoU of the trained model on val (and the benchmark set).
+
+Each image is fitted to the model's training size as in training, its logits are mapped back
+and upsampled bilinearly to the ORIGINAL mask size before the argmax, so the metrics are at full
+resolution. One confusion matrix is accumulated over the whole split on the device
+(`pipeline.metrics`); ignore pixels (255) are left out.
+
+Outputs (paths from params.yaml):
+    evaluate.metrics_path        metrics.json: miou, miou_fg, aacc, iou/dice/precision/recall/
+                                 support per class, n_images, eval_fingerprint, data_fingerprint,
+                                 split, and "benchmark": {the same} when a benchmark set exists
+    evaluate.out_dir/
+        report.md                the page a person reads first
+        per_class.csv            class, iou, dice, precision, recall, support (DVC bar plot)
+        confusion.csv            gt, pred, count: one row per cell (DVC confusion template)
+        overlays/NN_<id>.png     image | ground truth | prediction for the worst_k val images
+        benchmark/per_class.csv, benchmark/confusion.csv   when a benchmark set exists
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from pipeline.core.hashing import content_hash
+from pipeline.core.manifest import (
+    Manifest,
+    ManifestRow,
+    data_fingerprint,
+    manifest_path,
+    read_manifest,
+    read_splits,
+    select,
+)
+from pipeline.errors import InputError
+from pipeline.learn.inference import (
+    default_workers,
+    load_labelled,
+    predict_batch,
+    prefetch_batches,
+    read_pair,
+)
+from pipeline.learn.metrics import SegMetrics, confusion_matrix, mean_iou, segmentation_metrics
+from pipeline.learn.model import ModelInfo, UNet, load_model, pick_device
+from pipeline.learn.overlay import overlay_panels
+from pipeline.params import EvaluateParams, Params, params_option
+from pipeline.progress import Progress
+from pipeline.storage.files import write_bytes, write_json, write_text
+from pipeline.storage.images import rgb_png_bytes
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    id: str
+    miou: float  # the image's own mIoU (NaN when all its pixels are ignored)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The scores of one eval set (val or benchmark)."""
+    split: str
+    metrics: SegMetrics
+    n_images: int
+    eval_fingerprint: str
+    scores: tuple[ImageScore, ...]  # worst first; NaN (nothing to score) last
+    # predictions (H x W uint8) of the worst images, for the overlays
+    worst: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+
+# ---------------------------------------------------------------- core
+
+
+def eval_fingerprint(rows: Sequence[ManifestRow]) -> str:
+    """Hash of the sorted eval ids with their image and mask content hashes (from the
+    manifest): equal fingerprints mean two runs were measured on the same images and masks."""
+    lines = [f"{r.id}\t{r.image_hash}\t{r.mask_hash}" for r in sorted(rows, key=lambda r: r.id)]
+    return content_hash("\n".join(lines).encode())
+
+
+def evaluate_split(model: UNet, info: ModelInfo, samples: Sequence[ManifestRow], root: Path,
+                   split: str, device: torch.device, *, batch_size: int = 16,
+                   keep_worst: int = 0, workers: int = 1, progress: bool = True) -> EvalResult:
+    """Predict every sample, accumulate one confusion matrix on `device`, score each image.
+
+    Raises InputError naming every sample that cannot be used (unreadable, size mismatch,
+    mask values that are not classes) after trying all of them.
+    """
+    n = len(info.classes)
+    total = torch.zeros(n, n, dtype=torch.int64, device=device)
+    scores: list[ImageScore] = []
+    worst: list[tuple[float, str, np.ndarray]] = []
+    problems: list[str] = []
+    with Progress(len(samples), f"evaluate {split}", "images", enabled=progress) as bar:
+        loader = prefetch_batches(list(samples), lambda s: load_labelled(s, root, info),
+                                  batch_size, workers)
+        for batch in loader:
+            problems += [loaded for _, loaded in batch if isinstance(loaded, str)]
+            good = [(s, loaded) for s, loaded in batch if not isinstance(loaded, str)]
+            if good:
+                fitted = np.stack([loaded[0] for _, loaded in good])
+                sizes = [loaded[1].shape for _, loaded in good]
+                preds = predict_batch(model, info, fitted, sizes, device)
+                for (sample, (_, mask)), pred in zip(good, preds, strict=True):
+                    gt = torch.from_numpy(mask).to(device)
+                    try:
+                        cm = confusion_matrix(gt, pred, n)
+                    except ValueError as exc:
+                        problems.append(f"{sample.id}: mask {exc}")
+                        continue
+                    total += cm
+                    score = mean_iou(cm)
+                    scores.append(ImageScore(sample.id, score))
+                    if keep_worst and not math.isnan(score):
+                        worst.append((score, sample.id, pred.to("cpu", torch.uint8).numpy()))
+                        worst.sort(key=lambda item: (item[0], item[1]))
+                        del worst[keep_worst:]
+            bar.update(len(batch))
+    if problems:
+        raise InputError(f"{len(problems)} of {len(samples)} {split} samples cannot be "
+                         f"evaluated:\n  " + "\n  ".join(problems))
+    ranked = sorted(scores, key=lambda s: (math.isnan(s.miou), s.miou, s.id))
+    return EvalResult(split=split, metrics=segmentation_metrics(total, info.classes),
+                      n_images=len(scores), eval_fingerprint=eval_fingerprint(samples),
+                       scores=tuple(ranked), worst={i: pred for _, i, pred in worst})
+
+
+def metrics_record(result: EvalResult, data_fp: str) -> dict[str, object]:
+    """The metrics.json section of one split (NaN stays NaN; write_json makes it null)."""
+    m = result.metrics
+    return {
+        "miou": m.miou,
+        "miou_fg": m.miou_fg,
+        "aacc": m.aacc,
+        "iou": dict(zip(m.classes, m.iou, strict=True)),
+        "dice": dict(zip(m.classes, m.dice, strict=True)),
+        "precision": dict(zip(m.classes, m.precision, strict=True)),
+        "recall": dict(zip(m.classes, m.recall, strict=True)),
+        "support": dict(zip(m.classes, m.support, strict=True)),
+        "n_images": result.n_images,
+        "eval_fingerprint": result.eval_fingerprint,
+        "data_fingerprint": data_fp,
+        "split": result.split,
+    }
+
+
+# ---------------------------------------------------------------- tables and report
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if isinstance(v, float) and math.isnan(v) else v for v in row]
+                      for row in rows])
+    return buffer.getvalue()
+
+
+def per_class_csv(m: SegMetrics) -> str:
+    """class, iou, dice, precision, recall, support; an undefined value is an empty cell."""
+    rows = [(c, m.iou[i], m.dice[i], m.precision[i], m.recall[i], m.support[i])
+            for i, c in enumerate(m.classes)]
+    return _csv_text(("class", "iou", "dice", "precision", "recall", "support"), rows)
+
+
+def confusion_csv(m: SegMetrics) -> str:
+    """gt, pred, count: one row per cell of the pixel confusion matrix (zeros included)."""
+    rows = [(gt, pred, m.confusion[i][j])
+            for i, gt in enumerate(m.classes) for j, pred in enumerate(m.classes)]
+    return _csv_text(("gt", "pred", "count"), rows)
+
+
+def overlay_name(rank: int, sample_id: str) -> str:
+    return f"{rank:02d}_{sample_id.replace('/', '__')}.png"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def _num(value: float, digits: int = 4) -> str:
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def report_markdown(results: Sequence[EvalResult], model_path: str, data_fp: str,
+                    overlays: Sequence[tuple[str, float, str]]) -> str:
+    """The page a person reads first. `overlays`: (id, mIoU, relative link) worst first."""
+    lines = ["# Evaluation report", "",
+             f"Model `{model_path}`, trained on data `{data_fp}`.", ""]
+    for result in results:
+        m = result.metrics
+        lines += [f"## {result.split} ({result.n_images} images, {m.n_pixels:,} pixels)", "",
+                  f"**mIoU {_num(m.miou)}** · mIoU without background {_num(m.miou_fg)} · "
+                  f"aAcc {_num(m.aacc)} · eval set `{result.eval_fingerprint}`", "",
+                  "| class | IoU | Dice | precision | recall | support (px) | share |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for i, name in enumerate(m.classes):
+            share = m.support[i] / m.n_pixels if m.n_pixels else math.nan
+            lines.append(f"| {_cell(name)} | {_num(m.iou[i])} | {_num(m.dice[i])} | "
+                         f"{_num(m.precision[i])} | {_num(m.recall[i])} | "
+                         f"{m.support[i]:,} | {_num(100 * share, 1)} % |")
+        lines += ["", "– = undefined: the class is absent from the ground truth (recall), "
+                  "never predicted (precision), or both (IoU, Dice; left out of the mIoU).", ""]
+        if len(m.classes) <= 20:
+            lines += _confusion_table(m)
+    if overlays:
+        lines += ["## Worst val images", "", "By the image's own mIoU; each overlay shows "
+                  "image | ground truth | prediction.", "",
+                  "| rank | image | mIoU | overlay |", "|---:|---|---:|---|"]
+        lines += [f"| {rank} | {_cell(sample_id)} | {_num(score)} | "
+                  f"[{_cell(Path(link).name)}]({urllib.parse.quote(link)}) |"
+                  for rank, (sample_id, score, link) in enumerate(overlays, start=1)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _confusion_table(m: SegMetrics) -> list[str]:
+    """Rows = ground truth, columns = prediction, in % of the row's pixels."""
+    lines = ["Confusion (% of each ground-truth row's pixels; rows = ground truth, "
+             "columns = prediction):", "",
+             "| gt \\ pred | " + " | ".join(m.classes) + " |",
+             "|---|" + "---:|" * len(m.classes)]
+    for i, name in enumerate(m.classes):
+        row_total = sum(m.confusion[i])
+        cells = [_num(100 * v / row_total, 1) if row_total else "–" for v in m.confusion[i]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def write_overlays(result: EvalResult, samples: Sequence[ManifestRow], root: Path,
+                   classes: Sequence[str], out_dir: Path, cfg: EvaluateParams
+                   ) -> list[tuple[str, float, str]]:
+    """Overlay PNGs of the worst images into out_dir/overlays (stale ones removed first);
+    returns (id, mIoU, link relative to out_dir) worst first."""
+    overlay_dir = out_dir / "overlays"
+    if overlay_dir.is_dir():
+        for stale in overlay_dir.glob("*.png"):
+            stale.unlink()
+    by_id = {s.id: s for s in samples}
+    written = []
+    ranked = [s for s in result.scores if s.id in result.worst]
+    for rank, score in enumerate(ranked, start=1):
+        row = by_id[score.id]
+        rgb, mask = read_pair(root / row.image, root / row.mask, row.id)
+        panels = overlay_panels(
+            rgb, [mask, result.worst[score.id]],
+            [score.id, "ground truth", f"prediction (mIoU {score.miou:.3f})"], classes,
+            alpha=cfg.overlay_alpha, max_size=cfg.overlay_size)
+        name = overlay_name(rank, score.id)
+        write_bytes(overlay_dir / name, rgb_png_bytes(panels))
+        written.append((score.id, score.miou, f"overlays/{name}"))
+    return written
+
+
+# ---------------------------------------------------------------- stage
+
+
+def run_evaluate(params: Params, *, progress: bool = True) -> dict[str, object]:
+    """The whole stage; returns what it wrote to evaluate.metrics_path."""
+    cfg = params.evaluate
+    device = pick_device(cfg.device, setting="evaluate.device")
+
+    # 1. the model, checked against the params and the data it was trained on
+    model_path = params.train.model_path
+    model, info = load_model(model_path, map_location=device)
+    if tuple(info.classes) != tuple(params.labels.classes):
+        raise InputError(f"{model_path}: the model's classes {list(info.classes)} must equal "
+                         f"params classes {list(params.labels.classes)}; train it again")
+    manifest_csv, splits_csv = manifest_path(params.convert.out_dir), params.split.splits_path
+    if data_fingerprint(manifest_csv, splits_csv) != info.data_fingerprint:
+        click.echo(f"warning: {model_path} was trained on other data than {manifest_csv} + "
+                   f"{splits_csv} describe now (data fingerprints differ); run `dvc repro` "
+                   "or `segpipe train` to retrain", err=True)
+
+    # 2. the eval sets: val, and the benchmark set when the split has one
+    manifest = read_manifest(manifest_csv, params.labels.classes)
+    splits = read_splits(splits_csv)
+    if splits is None:
+        raise InputError(f"{splits_csv}: file not found; run `segpipe split` first")
+    val = select(manifest, splits, "val", str(splits_csv))
+    if not val:
+        raise InputError(f"{splits_csv}: split 'val' has no samples to evaluate")
+    bench = select(manifest, splits, "benchmark", str(splits_csv))
+    if not bench and params.split.benchmark:
+        click.echo(f"warning: split.benchmark is {params.split.benchmark!r} but {splits_csv} "
+                   "has no benchmark rows; evaluated val only", err=True)
+
+    # 3. predict and score them
+    workers = cfg.workers or default_workers()
+    results = [evaluate_split(model, info, rows, manifest.root, name, device,
+                              batch_size=cfg.batch_size, keep_worst=cfg.worst_k if i == 0 else 0,
+                              workers=workers, progress=progress)
+               for i, (name, rows) in enumerate((("val", val), ("benchmark", bench)))
+               if rows]
+
+    # 4. the metrics, the tables, the overlays and the report
+    record = write_results(results, val, manifest, info, model_path, cfg)
+    for result in results:
+        m = result.metrics
+        click.echo(f"{result.split}: mIoU {_num(m.miou)} (without background "
+                   f"{_num(m.miou_fg)}), aAcc {_num(m.aacc)} on {result.n_images} images",
+                   err=True)
+    click.echo(f"wrote {cfg.metrics_path} and {Path(cfg.out_dir) / 'report.md'}", err=True)
+    return record
+
+
+def write_results(results: Sequence[EvalResult], val: Sequence[ManifestRow], manifest: Manifest,
+                  info: ModelInfo, model_path: str, cfg: EvaluateParams) -> dict[str, object]:
+    """metrics.json, per_class.csv and confusion.csv per eval set, overlays, report.md."""
+    out_dir = Path(cfg.out_dir)
+    record = metrics_record(results[0], info.data_fingerprint)
+    if len(results) > 1:
+        record["benchmark"] = metrics_record(results[1], info.data_fingerprint)
+    for result in results:
+        folder = out_dir if result.split == "val" else out_dir / result.split
+        write_text(folder / "per_class.csv", per_class_csv(result.metrics))
+        write_text(folder / "confusion.csv", confusion_csv(result.metrics))
+    overlays = write_overlays(results[0], val, manifest.root, info.classes, out_dir, cfg)
+    write_text(out_dir / "report.md",
+               report_markdown(results, model_path, info.data_fingerprint, overlays))
+    write_json(cfg.metrics_path, record)
+    return record
+
+
+@click.command("evaluate")
+@params_option
+def command(params: Params) -> None:
+    """Per-class IoU/Dice/precision/recall of train.model_path on the val split (and on the
+    benchmark split when it has rows), at the masks' full resolution.
+
+    Writes evaluate.metrics_path (a DVC metric: miou, miou_fg, aacc, iou.<class>, dice.<class>,
+    ..., and fingerprints of the eval set and the training data) and, under evaluate.out_dir,
+    report.md, per_class.csv, confusion.csv (DVC plots) and overlays of the worst_k val images.
+    """
+    run_evaluate(params)

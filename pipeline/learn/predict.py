@@ -1,0 +1,158 @@
+"""`segpipe predict`: palette masks (and overlays) for new images, at their original size.
+
+Each image is turned upright by its EXIF orientation, fitted to the model's training size as
+in training and predicted in batches (learn/inference.py); masks are written at the image's
+own size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from pipeline.errors import InputError
+from pipeline.learn.inference import default_workers, load_photo, predict_batch, prefetch_batches
+from pipeline.learn.model import ModelInfo, UNet, load_model, pick_device
+from pipeline.learn.overlay import overlay_panels
+from pipeline.progress import Progress
+from pipeline.storage.files import write_bytes
+from pipeline.storage.images import IMAGE_SUFFIXES, rgb_png_bytes
+from pipeline.storage.masks import write_mask
+
+# ---------------------------------------------------------------- inputs and outputs
+
+
+@dataclass(frozen=True)
+class Job:
+    image: Path
+    mask: Path  # output palette PNG
+    overlay: Path  # output overlay PNG (written with --overlay)
+
+
+def plan_jobs(inputs: Sequence[Path], out_dir: Path) -> list[Job]:
+    """One job per image. A file argument writes OUT/<stem>.png; a directory argument is walked
+    (image suffixes only, hidden entries and OUT itself skipped) and mirrored: OUT/<relative
+    path>.png. Two images that would write the same file, or an output that would overwrite an
+    input, are an InputError naming them (before anything is written)."""
+    out_resolved = out_dir.resolve()
+    pairs: list[tuple[Path, Path]] = []  # (image, output path without suffix)
+    for given in inputs:
+        if given.is_dir():
+            for path in _walk_images(given, out_resolved):
+                pairs.append((path, out_dir / path.relative_to(given).with_suffix("")))
+        else:
+            pairs.append((given, out_dir / given.stem))
+    jobs = [Job(image, stem.with_name(stem.name + ".png"),
+                stem.with_name(stem.name + ".overlay.png")) for image, stem in pairs]
+    _check_outputs(jobs)
+    return jobs
+
+
+def _walk_images(root: Path, skip: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames
+                             if not d.startswith(".") and (here / d).resolve() != skip)
+        found += [here / f for f in sorted(filenames)
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return found
+
+
+def _check_outputs(jobs: Sequence[Job]) -> None:
+    owners: dict[Path, list[Path]] = {}
+    for job in jobs:
+        for out in (job.mask, job.overlay):
+            owners.setdefault(out.resolve(), []).append(job.image)
+    clashes = [f"{out}: written by {', '.join(map(str, sorted(set(images))))}"
+               for out, images in owners.items() if len(set(images)) > 1]
+    inputs = {job.image.resolve() for job in jobs}
+    clashes += [f"{out}: would overwrite the input image" for out in owners if out in inputs]
+    if clashes:
+        raise InputError("outputs must not clash (rename the images or pick another --out):\n  "
+                         + "\n  ".join(clashes))
+
+
+def predict_files(model: UNet, info: ModelInfo, jobs: Sequence[Job], device: torch.device, *,
+                  batch_size: int = 8, overlay: bool = False, workers: int = 1,
+                  progress: bool = True) -> tuple[int, list[str]]:
+    """Write a palette mask (and an overlay) per job; returns (written, problems)."""
+    problems: list[str] = []
+    written = 0
+    with Progress(len(jobs), "predict", "images", enabled=progress) as bar:
+        loader = prefetch_batches(list(jobs), lambda j: load_photo(j.image, info),
+                                  batch_size, workers)
+        for batch in loader:
+            good = [(job, loaded) for job, loaded in batch if not isinstance(loaded, str)]
+            for _, loaded in batch:
+                if isinstance(loaded, str):
+                    problems.append(loaded)
+                    bar.write(f"skipped {loaded}")
+            if good:
+                fitted = np.stack([loaded[1] for _, loaded in good])
+                sizes = [loaded[0].shape[:2] for _, loaded in good]
+                preds = predict_batch(model, info, fitted, sizes, device)
+                for (job, (rgb, _)), pred in zip(good, preds, strict=True):
+                    mask = pred.to("cpu", torch.uint8).numpy()
+                    write_mask(job.mask, mask)
+                    if overlay:
+                        panels = overlay_panels(rgb, [mask], ["image", "prediction"],
+                                                info.classes)
+                        write_bytes(job.overlay, rgb_png_bytes(panels))
+                    written += 1
+            bar.update(len(batch))
+    return written, problems
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@click.command(
+    "predict",
+    epilog="Images are turned upright by their EXIF orientation first (as photo viewers show "
+           "them), so masks match what you see, not the raw sensor frame. A file argument "
+           "writes OUT/<name>.png; a directory is searched recursively for "
+           f"{', '.join(IMAGE_SUFFIXES)} files (hidden files skipped) and mirrored under OUT. "
+           "Masks are palette PNGs at the image's own size: pixel value = class index in the "
+           "model's class list, VOC colours. With --overlay, OUT/<name>.overlay.png shows the "
+           "image next to the prediction.\n\n"
+           "An image that cannot be read is reported on stderr and skipped; the others are "
+           "still written. Exit code: 0 when every image was written, 1 when some were "
+           "skipped, 2 for a usage error (no images, unreadable model, clashing outputs).",
+)
+@click.argument("model_path", metavar="MODEL",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", metavar="IMAGES...", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the masks (created when missing).")
+@click.option("--overlay", is_flag=True, help="Also write <name>.overlay.png: image | prediction.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Images per forward pass.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+@click.option("--workers", default=0, type=click.IntRange(min=0),
+              help="Threads decoding images [default: 0 = min(8, cores)].")
+def command(model_path: Path, images: tuple[Path, ...], out_dir: Path, overlay: bool,
+            batch_size: int, device: str, workers: int) -> int:
+    """Segment IMAGES (files or folders) with MODEL (a models/model.pt from `segpipe train`)."""
+    torch_device = pick_device(device, setting="--device")
+    jobs = plan_jobs(images, out_dir)
+    if not jobs:
+        raise InputError(f"no image files found in {', '.join(map(str, images))} "
+                         f"(looked for {', '.join(IMAGE_SUFFIXES)})")
+    model, info = load_model(model_path, map_location=torch_device)
+    written, problems = predict_files(model, info, jobs, torch_device, batch_size=batch_size,
+                                      overlay=overlay, workers=workers or default_workers())
+    click.echo(f"wrote {written} mask(s) to {out_dir}", err=True)
+    if problems:
+        click.echo(f"skipped {len(problems)} of {len(jobs)} image(s):\n  "
+                   + "\n  ".join(problems), err=True)
+        return 1
+    return 0
