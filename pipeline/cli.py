@@ -1,13 +1,15 @@
 """The `segpipe` command: one subcommand per stage, plus predict, demo-data and compare.
 
 Each subcommand is a click command defined next to the code it runs and imported only when
-it is invoked, so `segpipe convert --help` never imports torch.
+it is invoked, so `segpipe convert --help` never imports torch. A DVC stage `segpipe X` runs
+this module and X's module (see tests/unit/test_dvc_deps.py).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Sequence
 
 import click
 
@@ -15,13 +17,15 @@ from pipeline.errors import PipelineError
 
 #: subcommand name -> ("module:attribute" of its click command, one-line help)
 COMMANDS = {
-    "convert": ("pipeline.convert:command", "Annotations in data/raw -> masks, manifest, reports."),
+    "convert": ("pipeline.convert.stage:command",
+                "Annotations in data/raw -> masks, manifest, reports."),
     "split": ("pipeline.split:command", "Sticky stratified, group-aware train/val split."),
-    "train": ("pipeline.train:command", "Train the U-Net (GPU when present, else CPU)."),
-    "evaluate": ("pipeline.evaluate:command", "Per-class IoU, confusion, overlays, report."),
-    "predict": ("pipeline.predict:command", "Write palette masks for new images."),
-    "demo-data": ("pipeline.demo:command", "Write the synthetic sample dataset."),
-    "compare": ("pipeline.compare:command", "Gate: compare metrics with a git revision."),
+    "train": ("pipeline.learn.train:command", "Train the U-Net (GPU when present, else CPU)."),
+    "evaluate": ("pipeline.learn.evaluate:command",
+                 "Per-class IoU, confusion, overlays, report."),
+    "predict": ("pipeline.learn.predict:command", "Write palette masks for new images."),
+    "demo-data": ("pipeline.tools.demo:command", "Write the synthetic sample dataset."),
+    "compare": ("pipeline.tools.compare:command", "Gate: compare metrics with a git revision."),
 }
 
 
@@ -52,18 +56,25 @@ def cli() -> None:
     """
 
 
-def main() -> None:
-    """Entry point: a PipelineError is printed in one screen with its exit code."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command (argv: the arguments after `segpipe`; default sys.argv[1:]) and
+    return its exit code. A PipelineError is printed in one screen, never a traceback."""
     try:
-        result = cli.main(standalone_mode=False)
+        result = cli.main(args=None if argv is None else list(argv), prog_name="segpipe",
+                          standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(130)
+        return 130
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except PipelineError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     # a subcommand may return its exit code (ctx.exit(n) arrives here as n too)
-    sys.exit(result if isinstance(result, int) else 0)
+    return result if isinstance(result, int) else 0
+
+
+def entry() -> None:
+    """The `segpipe` executable."""
+    sys.exit(main())

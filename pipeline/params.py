@@ -1,22 +1,56 @@
-"""Load params.yaml into frozen dataclasses, one per section.
+"""params.yaml -> frozen dataclasses, one per section, every value checked once, here.
 
 Every field has a default, so a section may be left out; an unknown or mistyped key is an
-error naming it and the closest known key. Stages take only the section they need.
+error naming it and the closest known key; a value of the wrong type or out of its range is
+an error saying "must be X, got Y". All problems are collected and reported at once. Stages
+take only the section they need. `params_option` is the `--params` option every command shares.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import re
+import reprlib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 import yaml
 
 from pipeline.errors import ParamsError
+
+LOSSES = ("ce", "dice", "ce_dice")
+UPSAMPLE_MODES = ("bilinear", "transpose")
+RESIZE_MODES = ("letterbox", "stretch")
+AMP_MODES = ("auto", "bf16", "off")
+SWITCHES = ("auto", "on", "off")
+#: Most pixel values a uint8 mask has for classes: 0..254 (255 is ignore).
+MAX_CLASSES = 254
+#: Most YAML nodes params.yaml may expand to (anchors and aliases included): a guard
+#: against alias bombs, far above any real params file.
+MAX_YAML_NODES = 100_000
+
+
+def _range(default: Any, low: float | None = None, high: float | None = None, *,
+           low_open: bool = False, high_open: bool = False) -> Any:
+    """A field whose value must lie in [low, high] (an end left out is unbounded)."""
+    return field(default=default, metadata={"range": (low, high, low_open, high_open)})
+
+
+def _choice(default: str, choices: tuple[str, ...], switch: dict[bool, str] | None = None
+            ) -> Any:
+    """A field that is one of `choices`; `switch` maps YAML's true/false to a choice (YAML
+    reads an unquoted `on`/`off` as a boolean)."""
+    return field(default=default, metadata={"choices": choices, "switch": switch or {}})
+
+
+_ON_OFF = {True: "on", False: "off"}
 
 
 @dataclass(frozen=True)
@@ -34,25 +68,25 @@ class ConvertParams:
     out_dir: str = "data/prepared"
     reports_dir: str = "reports"
     strict: bool = False  # any rejected file fails the stage
-    max_error_fraction: float = 0.2  # fail when more than this share of files is rejected
-    max_repair_change: float = 0.05  # reject a polygon whose repair changes its area more
-    line_width: int = 10  # Labelme's line/linestrip width in pixels
-    point_radius: int = 5  # Labelme's point disc radius in pixels
-    jobs: int = 0  # worker processes; 0 = all cores
+    max_error_fraction: float = _range(0.2, 0.0, 1.0)  # fail when more files are rejected
+    max_repair_change: float = _range(0.05, 0.0, 1.0)  # reject a polygon whose repair changes more
+    line_width: int = _range(10, 1, 1000)  # Labelme's line/linestrip width in pixels
+    point_radius: int = _range(5, 0, 1000)  # Labelme's point disc radius in pixels
+    jobs: int = _range(0, 0, 1024)  # worker processes; 0 = all cores
 
 
 @dataclass(frozen=True)
 class SplitParams:
     splits_path: str = "data/splits/splits.csv"
     report_path: str = "reports/split.json"
-    val_fraction: float = 0.2
+    val_fraction: float = _range(0.2, 0.0, 1.0, low_open=True, high_open=True)
     group_pattern: str | None = None  # regex with a named group "group", applied to the id
     benchmark: str | None = None  # text file of ids never trained on (a fixed eval set)
-    seed: int = 0
+    seed: int = _range(0, 0)
     version: int = 1  # bump to reshuffle everything deliberately
     # largest allowed |val image share - val_fraction| per class; a class too small for it
     # may deviate by the share of its largest group instead (a group is never cut)
-    tolerance: float = 0.05
+    tolerance: float = _range(0.05, 0.0, 1.0, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -61,32 +95,32 @@ class TrainParams:
     checkpoint_path: str = "models/checkpoint.pt"
     cache_dir: str = "data/cache"
     log_dir: str = "reports/train"
-    image_size: int = 128  # square training size in pixels
-    depth: int = 4  # number of down-sampling steps
-    base_width: int = 16  # channels of the first level; doubles per level
-    upsample: str = "bilinear"  # "bilinear" or "transpose"
-    loss: str = "ce_dice"  # "ce", "dice" or "ce_dice"
+    image_size: int = _range(128, 8, 8192)  # square training size in pixels
+    depth: int = _range(4, 1, 8)  # number of down-sampling steps
+    base_width: int = _range(16, 1, 512)  # channels of the first level; doubles per level
+    upsample: str = _choice("bilinear", UPSAMPLE_MODES)
+    loss: str = _choice("ce_dice", LOSSES)
     class_weights: tuple[float, ...] | None = None
-    epochs: int = 40
-    batch_size: int = 8
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
+    epochs: int = _range(40, 1, 100_000)
+    batch_size: int = _range(8, 1, 4096)
+    lr: float = _range(3e-3, 0.0, 10.0, low_open=True)
+    weight_decay: float = _range(1e-4, 0.0, 1.0)
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
-    scale_min: float = 0.75
-    scale_max: float = 1.25
-    jitter: float = 0.1  # colour jitter strength (brightness/contrast/saturation)
-    device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cuda", "mps" or "cpu"
-    amp: str = "auto"  # "auto" (bf16 on cuda), "bf16", "off"
-    channels_last: str = "auto"  # "auto" (on cuda), "on", "off"
+    scale_min: float = _range(0.75, 0.1, 10.0)
+    scale_max: float = _range(1.25, 0.1, 10.0)
+    jitter: float = _range(0.1, 0.0, 1.0)  # colour jitter strength (brightness/contrast/saturation)
+    device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cuda", "cuda:N", "mps" or "cpu"
+    amp: str = _choice("auto", AMP_MODES, {True: "bf16", False: "off"})
+    channels_last: str = _choice("auto", SWITCHES, _ON_OFF)
     compile: bool = False
-    workers: int = 0
-    threads: int = 0  # torch CPU threads; 0 = all cores
-    seed: int = 0
-    resize: str = "letterbox"  # fit images to image_size: "letterbox" (keep aspect) or "stretch"
-    grad_accum: int = 1  # micro-batches per optimiser step (global batch = batch * accum * procs)
-    warmup: float = 0.05  # share of the optimiser steps with linear LR warm-up, then cosine to 0
+    workers: int = _range(0, 0, 256)
+    threads: int = _range(0, 0, 1024)  # torch CPU threads; 0 = all cores
+    seed: int = _range(0, 0)
+    resize: str = _choice("letterbox", RESIZE_MODES)
+    grad_accum: int = _range(1, 1, 1024)  # micro-batches per optimiser step
+    warmup: float = _range(0.05, 0.0, 1.0, high_open=True)  # share of steps with LR warm-up
     resume: bool = True  # continue from checkpoint_path when its data and config match
 
 
@@ -94,18 +128,18 @@ class TrainParams:
 class EvaluateParams:
     metrics_path: str = "reports/metrics.json"
     out_dir: str = "reports/eval"
-    batch_size: int = 16
-    worst_k: int = 8  # overlays for the k worst val images
+    batch_size: int = _range(16, 1, 4096)
+    worst_k: int = _range(8, 0, 1000)  # overlays for the k worst val images
     device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N" or "mps"
-    workers: int = 0  # threads decoding images; 0 = min(8, cores)
-    overlay_size: int = 512  # longest side of each overlay panel in pixels
-    overlay_alpha: float = 0.5  # opacity of the class colours over the image
+    workers: int = _range(0, 0, 256)  # threads decoding images; 0 = min(8, cores)
+    overlay_size: int = _range(512, 16, 8192)  # longest side of each overlay panel in pixels
+    overlay_alpha: float = _range(0.5, 0.0, 1.0)  # opacity of the class colours over the image
 
 
 @dataclass(frozen=True)
 class GateParams:
-    max_drop: float = 0.02  # largest allowed drop of mIoU
-    max_class_drop: float = 0.05  # largest allowed drop of any class's IoU
+    max_drop: float = _range(0.02, 0.0, 1.0)  # largest allowed drop of mIoU
+    max_class_drop: float = _range(0.05, 0.0, 1.0)  # largest allowed drop of any class's IoU
 
 
 @dataclass(frozen=True)
@@ -116,6 +150,7 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     gate: GateParams
+    source: str = "params.yaml"  # the file they came from, for messages
 
 
 _SECTIONS: dict[str, type] = {
@@ -128,15 +163,26 @@ _SECTIONS: dict[str, type] = {
 _LABEL_KEYS = tuple(f.name for f in dataclasses.fields(Labels))
 
 
+def _short(value: Any) -> str:
+    """repr of a value cut to a readable length (never formats a huge value in full)."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 60
+    short.maxlist = short.maxtuple = short.maxdict = 6
+    short.maxlevel = 2
+    return short.repr(value)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read params.yaml; a missing file gives all defaults only if `path` does not exist."""
     path = Path(path)
     raw: Any = {}
     if path.exists():
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_BoundedLoader) or {}
         except yaml.YAMLError as exc:
-            raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+            raise ParamsError(f"{path}: not valid YAML: {_short(str(exc))}") from None
+        except UnicodeDecodeError:
+            raise ParamsError(f"{path}: must be UTF-8 text") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must be a mapping of sections, got {type(raw).__name__}")
     return parse_params(raw, source=str(path))
@@ -144,11 +190,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
     known = (*_LABEL_KEYS, *_SECTIONS)
-    problems = [_unknown(source, key, known) for key in raw if key not in known]
+    problems = [_unknown(source, str(key), known) for key in raw if key not in known]
     labels_raw = {k: raw[k] for k in _LABEL_KEYS if k in raw}
     sections: dict[str, Any] = {}
     try:
         labels = _build(Labels, labels_raw, source, "")
+        problems += _check_labels(labels, source)
     except ParamsError as exc:
         problems.append(str(exc))
         labels = Labels()
@@ -162,51 +209,131 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         except ParamsError as exc:
             problems.append(str(exc))
             sections[name] = cls()
-    problems += _check_labels(labels, source)
+    problems += [f"{source}: {p}" for p in _cross_checks(labels, sections)]
     if problems:
         raise ParamsError("\n".join(problems))
-    return Params(labels=labels, **sections)
+    return Params(labels=labels, **sections, source=source)
+
+
+def params_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The `--params` option every command shares; the command receives `params: Params`."""
+
+    @click.option("--params", "params_path", default="params.yaml", show_default=True,
+                  type=click.Path(dir_okay=False),
+                  help="params.yaml to read (paths in it are relative to the current "
+                       "directory).")
+    @functools.wraps(command)
+    def wrapper(params_path: str, **kwargs: Any) -> Any:
+        return command(params=load_params(params_path), **kwargs)
+
+    return wrapper
+
+
+# ------------------------------------------------------------------------------ checks
 
 
 def _check_labels(labels: Labels, source: str) -> list[str]:
     problems = []
-    if len(labels.classes) < 2:
-        problems.append(f"{source}: classes must list the background and at least one class, "
-                        f"got {list(labels.classes)}")
-    if len(set(labels.classes)) != len(labels.classes):
-        dup = sorted({c for c in labels.classes if labels.classes.count(c) > 1})
-        problems.append(f"{source}: classes must be unique, got duplicates {dup}")
-    if len(labels.classes) > 255:
-        problems.append(f"{source}: at most 255 classes fit a uint8 mask (255 is ignore), "
-                        f"got {len(labels.classes)}")
+    classes = labels.classes
+    if len(classes) < 2:
+        problems.append(f"classes must list the background and at least one class, "
+                        f"got {_short(list(classes))}")
+    if len(set(classes)) != len(classes):
+        dup = sorted({c for c in classes if classes.count(c) > 1})
+        problems.append(f"classes must be unique, got duplicates {_short(dup)}")
+    if len(classes) > MAX_CLASSES:
+        problems.append(f"classes must be fewer than 255 (a uint8 mask holds 0..254; 255 is "
+                        f"ignore), got {len(classes)}")
+    blank = [i for i, c in enumerate(classes) if not c.strip()]
+    if blank:
+        problems.append(f"classes must be non-empty names, got an empty one at index {blank}")
+    both = sorted(set(classes) & set(labels.ignore_labels))
+    if both:
+        problems.append(f"classes must not be ignore labels (those are drawn as 255), got "
+                        f"{_short(both)} in both classes and ignore_labels")
     for alias, target in labels.aliases.items():
-        if target not in labels.classes and target not in labels.ignore_labels:
-            problems.append(f"{source}: aliases.{alias} must name a class, got {target!r}")
+        if target not in classes and target not in labels.ignore_labels:
+            problems.append(f"aliases.{_short(alias)[1:-1]} must name a class, got "
+                            f"{_short(target)}")
+    return [f"{source}: {p}" for p in problems]
+
+
+def _cross_checks(labels: Labels, sections: dict[str, Any]) -> list[str]:
+    """Checks between fields (each field's own range is checked by `_build`)."""
+    problems = []
+    train: TrainParams = sections["train"]
+    if train.image_size < 2 ** train.depth:
+        problems.append(f"train.image_size must be >= 2**depth = {2 ** train.depth}, got "
+                        f"{train.image_size}")
+    if train.scale_min > train.scale_max:
+        problems.append(f"train.scale_min must be <= train.scale_max, got {train.scale_min} > "
+                        f"{train.scale_max}")
+    weights = train.class_weights
+    if weights is not None:
+        if len(weights) != len(labels.classes):
+            problems.append(f"train.class_weights must have one weight per class "
+                            f"({len(labels.classes)}), got {len(weights)}")
+        if any(not 0 <= w <= 1e6 for w in weights):
+            problems.append(f"train.class_weights must be between 0 and 1e6, got "
+                            f"{_short(list(weights))}")
+    pattern = sections["split"].group_pattern
+    if pattern is not None:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            problems.append(f"split.group_pattern must be a valid regex, got {_short(pattern)} "
+                            f"({exc})")
+        else:
+            if "group" not in compiled.groupindex:
+                problems.append(
+                    "split.group_pattern must contain a named group (?P<group>...) that picks "
+                    "the group key out of the id, e.g. '^(?P<group>.+)_\\d+$', got "
+                    f"{_short(pattern)}")
     return problems
 
 
 def _unknown(source: str, key: str, known: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{source}: unknown key {key!r}{hint}"
+    return f"{source}: unknown key {_short(key)}{hint}"
 
 
 def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = tuple(f.name for f in dataclasses.fields(cls))
-    problems = [_unknown(source, prefix + k, tuple(prefix + n for n in names))
-                for k in raw if k not in names]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    problems = [_unknown(source, prefix + str(k), tuple(prefix + n for n in fields))
+                for k in raw if k not in fields]
     values = {}
     for key, value in raw.items():
-        if key not in names:
+        if key not in fields:
             continue
+        meta = fields[key].metadata
         try:
-            values[key] = _coerce(value, hints[key])
+            if "choices" in meta:
+                value = meta["switch"].get(value, value) if isinstance(value, bool) else value
+            values[key] = checked = _coerce(value, hints[key])
+            _check_meta(checked, meta)
         except TypeError as exc:
-            problems.append(f"{source}: {prefix}{key} must be {exc}, got {value!r}")
+            problems.append(f"{source}: {prefix}{key} must be {exc}, got {_short(value)}")
     if problems:
         raise ParamsError("\n".join(problems))
     return cls(**values)
+
+
+def _check_meta(value: Any, meta: Any) -> None:
+    """Raise TypeError("<what it must be>") when `value` is outside the field's range/choices."""
+    if "choices" in meta and value not in meta["choices"]:
+        raise TypeError(f"one of {list(meta['choices'])}")
+    if "range" in meta and value is not None:
+        low, high, low_open, high_open = meta["range"]
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if below or above:
+            left = "(" if low_open else "["
+            right = ")" if high_open else "]"
+            if high is None:
+                raise TypeError(f"{'>' if low_open else '>='} {low:g}")
+            raise TypeError(f"in {left}{low:g}, {high:g}{right}")
 
 
 def _coerce(value: Any, hint: Any) -> Any:
@@ -228,6 +355,8 @@ def _coerce(value: Any, hint: Any) -> Any:
         raise TypeError("an integer")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise TypeError("a finite number")
             return float(value)
         raise TypeError("a number")
     if hint is str:
@@ -247,3 +376,23 @@ def _coerce(value: Any, hint: Any) -> Any:
             raise TypeError("a mapping of strings to strings")
         return dict(value)
     raise TypeError(f"of type {hint}")  # pragma: no cover - a field type we do not support
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a document expanding to more than MAX_YAML_NODES nodes: an
+    alias bomb (anchors nested ten-fold, each used ten times) is an error, not gigabytes."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        count, stack = 0, [node]
+        while stack:
+            current = stack.pop()
+            count += 1
+            if count > MAX_YAML_NODES:
+                raise yaml.YAMLError(f"the document expands to more than {MAX_YAML_NODES} "
+                                     "values (YAML anchors/aliases nested too deep)")
+            if isinstance(current, yaml.SequenceNode):
+                stack.extend(current.value)
+            elif isinstance(current, yaml.MappingNode):
+                for key, value in current.value:
+                    stack.extend((key, value))
+        return super().construct_document(node)

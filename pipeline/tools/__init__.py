@@ -1,0 +1,1 @@
+"""Commands around the pipeline: the CI gate (compare), the sample data (demo)."""
