@@ -1,14 +1,19 @@
 """Shared fixtures. Tests make their own tiny fixtures on disk; real data comes from
-../shared/realdata (skipped cleanly where it is absent)."""
+../shared/realdata (skipped cleanly where it is absent). Everything under tests/e2e/ is
+marked slow: `make test-fast` leaves it out."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from helpers import REALDATA
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-REALDATA = PROJECT_ROOT.parent / "shared" / "realdata"
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "e2e" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

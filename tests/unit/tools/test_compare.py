@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import Run, segpipe
 
-from pipeline import compare as cmp
 from pipeline.params import GateParams
+from pipeline.tools import compare as cmp
 
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
@@ -66,9 +66,8 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", "compare", *args], cwd=repo,
-                          capture_output=True, text=True, check=False)
+def run(repo: Path, *args: str) -> Run:
+    return segpipe("compare", *args, cwd=repo)
 
 
 def test_improvement_with_new_data_passes_with_the_full_table(repo: Path) -> None:

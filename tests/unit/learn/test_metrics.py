@@ -9,12 +9,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from pipeline.metrics import (
-    SegMetrics,
-    confusion_matrix,
-    mean_iou,
-    segmentation_metrics,
-)
+from pipeline.learn.metrics import SegMetrics, confusion_matrix, mean_iou, segmentation_metrics
 
 CLASSES = ("background", "cat", "dog", "bird")
 

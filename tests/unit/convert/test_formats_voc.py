@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 import pytest
-from formats_fixtures import labelme_doc, shape, voc_xml, write_image, write_json, write_text
+from helpers.files import labelme_doc, shape, voc_xml, write_image, write_json, write_text
 
-from pipeline.formats import find_annotations, merge_records, read_annotation
-from pipeline.records import Issue, Record, Shape, is_error
+from pipeline.convert.formats import find_annotations, merge_records, read_annotation
+from pipeline.core.records import Issue, Record, Shape, is_error
 
 
 @pytest.fixture

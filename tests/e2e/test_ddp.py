@@ -22,11 +22,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from test_data import make_dataset
-from test_train import tiny_params
+from helpers.learn import make_dataset, tiny_params
 
+from pipeline.learn.train import train
 from pipeline.params import parse_params
-from pipeline.train import train
 
 STATS = ("running_mean", "running_var", "num_batches_tracked")
 

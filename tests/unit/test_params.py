@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import PROJECT_ROOT
 
 from pipeline.errors import ParamsError
 from pipeline.params import ConvertParams, load_params, parse_params
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_project_params_yaml_loads_with_its_documented_classes() -> None:
@@ -52,8 +51,8 @@ def test_wrong_types_are_all_reported_at_once() -> None:
 
 
 def test_integers_are_accepted_for_floats() -> None:
-    params = parse_params({"classes": ["bg", "a"], "split": {"val_fraction": 1}})
-    assert params.split.val_fraction == 1.0
+    params = parse_params({"classes": ["bg", "a"], "convert": {"max_error_fraction": 1}})
+    assert params.convert.max_error_fraction == 1.0
 
 
 @pytest.mark.parametrize(

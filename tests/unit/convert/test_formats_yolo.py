@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from formats_fixtures import (
+from helpers.files import (
     huge_png_header,
     labelme_doc,
     voc_xml,
@@ -14,7 +14,7 @@ from formats_fixtures import (
     write_text,
 )
 
-from pipeline.formats import (
+from pipeline.convert.formats import (
     find_annotation_paths,
     find_annotations,
     is_inside,
@@ -22,8 +22,8 @@ from pipeline.formats import (
     rel_posix,
     sample_id,
 )
-from pipeline.formats.yolo import read_yolo
-from pipeline.records import Issue, Record, Shape, is_error
+from pipeline.convert.formats.yolo import read_yolo
+from pipeline.core.records import Issue, Record, Shape, is_error
 
 
 @pytest.fixture

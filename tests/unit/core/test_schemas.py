@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import schemas
-from pipeline.convert import manifest_columns
+from pipeline.core import schemas
+from pipeline.core.manifest import manifest_columns
 
 CLASSES = ("background", "cat")
 H = "0123456789abcdef0123456789abcdef"

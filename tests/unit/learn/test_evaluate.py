@@ -10,15 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.learn import manifest_row, write_table
 from PIL import Image
 
-from pipeline.data import data_fingerprint
+from pipeline.core.hashing import content_hash
+from pipeline.core.manifest import data_fingerprint
 from pipeline.errors import InputError
-from pipeline.evaluate import command, run_evaluate
-from pipeline.io import content_hash, write_mask
-from pipeline.model import ModelInfo, UNet, UNetConfig, load_model, save_model
+from pipeline.learn.evaluate import command, run_evaluate
+from pipeline.learn.model import ModelInfo, UNet, UNetConfig, load_model, save_model
+from pipeline.learn.predict import plan_jobs, predict_files
 from pipeline.params import load_params
-from pipeline.predict import plan_jobs, predict_files
+from pipeline.storage.masks import write_mask
 
 CLASSES = ("background", "a", "b")
 
@@ -49,17 +51,8 @@ def _dataset(root: Path, *, benchmark: bool = True) -> None:
         else:
             rgb = rng.integers(0, 256, (*mask.shape, 3), dtype=np.uint8)
             Image.fromarray(rgb).save(image_path)
-        write_mask(prepared / "masks" / f"{sample_id}.png", mask)
-        rows.append({"id": sample_id, "image": f"images/{sample_id}.png",
-                     "mask": f"masks/{sample_id}.png", "width": mask.shape[1],
-                     "height": mask.shape[0],
-                     "image_hash": content_hash(image_path.read_bytes()),
-                     "mask_hash": content_hash((prepared / "masks" / f"{sample_id}.png")
-                                               .read_bytes())})
-    with (prepared / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        rows.append(manifest_row(prepared, sample_id, f"images/{sample_id}.png", mask, CLASSES))
+    write_table(prepared / "manifest.csv", rows)
     splits = root / "data" / "splits" / "splits.csv"
     splits.parent.mkdir(parents=True)
     with splits.open("w", newline="") as handle:

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import Run, segpipe
 
+from pipeline.core.manifest import Splits, read_splits
 from pipeline.errors import InputError, ParamsError
-from pipeline.params import SplitParams
-from pipeline.split import (
-    Previous,
-    Samples,
-    SplitResult,
-    assign_splits,
-    read_manifest,
-    read_previous,
-    splits_csv,
-)
+from pipeline.params import SplitParams, parse_params
+from pipeline.split import SplitInput, SplitResult, assign_splits, split_input, splits_csv
 
 CLASSES = ("background", "car", "person", "bike", "sign", "rare")
 PATTERN = r"^(?P<group>vid\d+)_"
@@ -65,15 +57,15 @@ def make_dataset(n: int = 1250, seed: int = 0) -> pd.DataFrame:
     return table.iloc[order].reset_index(drop=True).astype({f"px.{c}": "int64" for c in CLASSES})
 
 
-def samples_of(table: pd.DataFrame) -> Samples:
-    return Samples(ids=table["id"].to_numpy(dtype=str),
+def samples_of(table: pd.DataFrame) -> SplitInput:
+    return SplitInput(ids=table["id"].to_numpy(dtype=str),
                    duplicate_groups=table["group"].to_numpy(dtype=str),
                    pixels=table[[f"px.{c}" for c in CLASSES]].to_numpy(dtype=np.int64),
                    classes=CLASSES)
 
 
-def previous_of(result: SplitResult, version: int = 1) -> Previous:
-    return Previous(assignments=dict(zip(result.ids.tolist(), result.splits.tolist(),
+def previous_of(result: SplitResult, version: int = 1) -> Splits:
+    return Splits(assignments=dict(zip(result.ids.tolist(), result.splits.tolist(),
                                          strict=True)), version=version)
 
 
@@ -257,19 +249,22 @@ def test_benchmark_ids_are_never_trained_on_and_their_group_goes_to_val():
 
 def test_error_cases_name_the_problem():
     samples = samples_of(make_dataset(50))
+
+    def parse(**split: object) -> None:
+        parse_params({"classes": list(CLASSES), "split": split})
+
     for bad in (0.0, 1.0, 1.5, -0.2):
         with pytest.raises(ParamsError) as err:
-            assign_splits(samples, replace(CFG, val_fraction=bad))
-        assert str(err.value) == (f"split.val_fraction must be between 0 and 1 (exclusive), "
-                                  f"got {bad}")
+            parse(val_fraction=bad)
+        assert str(err.value) == f"params.yaml: split.val_fraction must be in (0, 1), got {bad}"
     with pytest.raises(ParamsError) as err:
-        assign_splits(samples, replace(CFG, group_pattern=r"^(vid\d+)_"))
+        parse(group_pattern=r"^(vid\d+)_")
     assert str(err.value) == (
-        "split.group_pattern must contain a named group (?P<group>...) that picks the group "
-        "key out of the id, e.g. '^(?P<group>.+)_\\d+$', got '^(vid\\\\d+)_'")
+        "params.yaml: split.group_pattern must contain a named group (?P<group>...) that picks "
+        "the group key out of the id, e.g. '^(?P<group>.+)_\\d+$', got '^(vid\\\\d+)_'")
     with pytest.raises(ParamsError, match=r"split.group_pattern must be a valid regex, got "
                                           r"'\(\?P<group>vid' \(missing \), unterminated"):
-        assign_splits(samples, replace(CFG, group_pattern="(?P<group>vid"))
+        parse(group_pattern="(?P<group>vid")
     with pytest.raises(InputError) as err:
         assign_splits(samples, CFG, benchmark=["vid000_001", "vid000_01", "nope.json"],
                       benchmark_source="bench.txt")
@@ -306,11 +301,8 @@ def write_manifest(path: Path, table: pd.DataFrame) -> None:
     full.to_csv(path, index=False)
 
 
-def run_cli(cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", "split", "--params", "params.yaml"],
-                          cwd=cwd, capture_output=True, text=True, check=False,
-                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-                               "PATH": "/usr/bin:/bin"})
+def run_cli(cwd: Path) -> Run:
+    return segpipe("split", "--params", "params.yaml", cwd=cwd)
 
 
 def test_cli_end_to_end(tmp_path):
@@ -334,8 +326,8 @@ def test_cli_end_to_end(tmp_path):
     assert report["splits"]["benchmark"]["images"] == 1
     assert sum(s["images"] for s in report["splits"].values()) == 250
     assert report["classes"]["rare"]["images"]["val"] == 1
-    assert read_previous(tmp_path / "out" / "splits.csv").version == 1
-    assert len(read_manifest(tmp_path / "prep" / "manifest.csv", CLASSES).ids) == 250
+    assert read_splits(tmp_path / "out" / "splits.csv").version == 1
+    assert len(split_input(tmp_path / "prep" / "manifest.csv", CLASSES).ids) == 250
 
     # grow: the old rows keep their split
     write_manifest(tmp_path / "prep" / "manifest.csv", table)
@@ -360,23 +352,3 @@ def test_cli_end_to_end(tmp_path):
     assert done.returncode == 2
     assert "split.group_pattern must contain a named group (?P<group>...)" in done.stderr
     assert (tmp_path / "out" / "splits.csv").read_bytes() == before
-
-
-def test_missing_manifest_says_to_convert_first(tmp_path):
-    with pytest.raises(InputError, match="manifest not found; run `segpipe convert` first"):
-        read_manifest(tmp_path / "manifest.csv", CLASSES)
-    write_manifest(tmp_path / "manifest.csv", make_dataset(10))
-    with pytest.raises(InputError, match=r"must have the columns \['px.tree'\]"):
-        read_manifest(tmp_path / "manifest.csv", (*CLASSES, "tree"))
-
-
-def test_a_broken_splits_csv_is_an_error_naming_the_line(tmp_path):
-    path = tmp_path / "splits.csv"
-    path.write_text("id,group,split,version\na,a,train,1\nb,b,test,1\n", encoding="utf-8")
-    with pytest.raises(InputError) as err:
-        read_previous(path)
-    assert str(err.value) == (f"{path}: split must be one of ['train', 'val', 'benchmark'], "
-                              f"got line 3: 'test'")
-    path.write_text("id,group,split\na,a,train\nb,b,val\n", encoding="utf-8")
-    assert read_previous(path) == Previous(assignments={"a": "train", "b": "val"}, version=None)
-    assert read_previous(tmp_path / "absent.csv") is None

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pipeline.formats import read_annotation
+from pipeline.convert.formats import read_annotation
+from pipeline.convert.raster import covers_pixels, decode_mask_png, mask_size, pixel_box, rasterize
+from pipeline.convert.validate import check_record
+from pipeline.core.records import Shape, is_error
 from pipeline.params import ConvertParams, Labels
-from pipeline.raster import covers_pixels, decode_mask_png, mask_size, pixel_box, rasterize
-from pipeline.records import Shape, is_error
-from pipeline.validate import check_record
 
 EXAMPLES = Path("labelme-examples/examples")
 

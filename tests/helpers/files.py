@@ -1,4 +1,4 @@
-"""Tiny annotation and image files written into a test's tmp_path (used by test_formats_*)."""
+"""Tiny annotation and image files, written as the real tools write them, into a test's tmp_path."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 
@@ -137,3 +138,37 @@ def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
             + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def png_bytes(width: int, height: int, color: tuple[int, int, int] = (10, 120, 200)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(width: int, height: int, orientation: int = 1, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+def rect(label: str, x0: float, y0: float, x1: float, y1: float) -> dict:
+    return {"label": label, "points": [[x0, y0], [x1, y1]], "shape_type": "rectangle",
+            "group_id": None, "flags": {}}
+
+
+def labelme(path: Path, shapes: list[dict], width: int | None, height: int | None,
+            image: bytes | None = None, image_path: str | None = None,
+            version: str = "5.4.1", embed: bool = False) -> Path:
+    """A Labelme JSON; `image` bytes are written beside it as <stem>.png unless embedded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if image is not None and not embed:
+        image_path = image_path or f"{path.stem}.png"
+        (path.parent / image_path).write_bytes(image)
+    doc = labelme_doc(shapes, image_path, version=version, imageHeight=height,
+                      imageWidth=width, imageData=b64(image) if embed and image else None)
+    return write_json(path, doc)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +12,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from test_data import CLASSES, make_dataset
+from helpers.learn import CLASSES, make_dataset, tiny_params
 
-from pipeline import data
 from pipeline.cli import main
+from pipeline.core.manifest import data_fingerprint
+from pipeline.core.records import IGNORE
 from pipeline.errors import ParamsError
-from pipeline.io import IGNORE
-from pipeline.losses import cross_entropy, dice_loss, make_loss
-from pipeline.model import load_model
+from pipeline.learn.losses import cross_entropy, dice_loss, make_loss
+from pipeline.learn.model import load_model
+from pipeline.learn.train import lr_at, train
 from pipeline.params import Params, parse_params
-from pipeline.train import lr_at, train
-
-
-def tiny_params(root: Path, **train: Any) -> dict[str, Any]:
-    """params.yaml content for the tiny dataset under root (paths relative to root)."""
-    section = {"image_size": 32, "depth": 2, "base_width": 4, "epochs": 3, "batch_size": 4,
-               "lr": 0.01, "threads": 1, "seed": 0, "model_path": "models/model.pt",
-               "checkpoint_path": "models/checkpoint.pt", "cache_dir": "cache",
-               "log_dir": "reports/train"}
-    section.update(train)
-    return {"classes": list(CLASSES), "convert": {"out_dir": str(root / "prepared")},
-            "split": {"splits_path": str(root / "splits" / "splits.csv")},
-            "train": {k: str(root / v) if k.endswith(("_path", "_dir")) else v
-                      for k, v in section.items()}}
 
 
 def _params(root: Path, **train: Any) -> Params:
@@ -62,12 +48,13 @@ def test_training_writes_model_checkpoint_and_logs(tiny: Path) -> None:
     result = train(_params(tiny), progress=False)
     assert result.start_epoch == 0 and result.epochs_done == 3
     assert [h.epoch for h in result.history] == [1, 2, 3]
-    assert all(h.loss > 0 for h in result.history)
+    losses = [h.loss for h in result.history]
+    assert losses[2] < losses[1] < losses[0]  # it learns
     model, info = load_model(tiny / "models" / "model.pt")
     assert info.classes == CLASSES and info.image_size == 32
     assert info.config.depth == 2 and info.config.base_width == 4
     manifest = tiny / "prepared" / "manifest.csv"
-    assert info.data_fingerprint == data.data_fingerprint(manifest, tiny / "splits/splits.csv")
+    assert info.data_fingerprint == data_fingerprint(manifest, tiny / "splits/splits.csv")
     ckpt = torch.load(tiny / "models" / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 3 and ckpt["scheduler"] == {"step": 6}
     assert set(ckpt) >= {"model", "optimizer", "rng", "data_fingerprint", "resume_key"}
@@ -128,21 +115,29 @@ def test_checkpoint_of_other_config_or_data_is_not_resumed(tiny: Path, capsys) -
 
 def test_config_errors_are_reported_together(tiny: Path) -> None:
     with pytest.raises(ParamsError) as info:
-        train(_params(tiny, loss="focal", amp="fp16", batch_size=0, image_size=2),
-              progress=False)
-    message = str(info.value)
-    for part in ("train.loss must be one of ['ce', 'dice', 'ce_dice'], got 'focal'",
-                 "train.amp must be one of", "train.batch_size must be >= 1, got 0",
-                 "train.image_size must be >= 2**depth = 4, got 2"):
-        assert part in message
+        _params(tiny, loss="focal", amp="fp16", batch_size=0, image_size=12, depth=4)
+    assert str(info.value).splitlines() == [
+        "params.yaml: train.batch_size must be in [1, 4096], got 0",
+        "params.yaml: train.loss must be one of ['ce', 'dice', 'ce_dice'], got 'focal'",
+        "params.yaml: train.amp must be one of ['auto', 'bf16', 'off'], got 'fp16'"]
+    with pytest.raises(ParamsError) as info:  # checks between fields, once each field is valid
+        _params(tiny, image_size=12, depth=4, scale_min=2.0, scale_max=1.5)
+    assert str(info.value).splitlines() == [
+        "params.yaml: train.image_size must be >= 2**depth = 16, got 12",
+        "params.yaml: train.scale_min must be <= train.scale_max, got 2.0 > 1.5"]
 
 
 def test_bf16_autocast_trains_on_cpu(tiny: Path) -> None:
-    result = train(_params(tiny, epochs=1, amp="bf16", channels_last="on"), progress=False)
-    assert result.epochs_done == 1
-    assert torch.isfinite(torch.tensor(result.history[0].loss))
+    fp32 = train(_params(tiny, resume=False), progress=False)
+    fp32_state = _state(tiny / "models" / "model.pt")
+    bf16 = train(_params(tiny, amp="bf16", channels_last="on", resume=False), progress=False)
+    losses = [h.loss for h in bf16.history]
+    assert losses[2] < losses[1] < losses[0]  # it learns in bf16 too
+    assert abs(losses[0] - fp32.history[0].loss) < 0.05 * fp32.history[0].loss
     model, _ = load_model(tiny / "models" / "model.pt")
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+    assert bf16.weights_hash != fp32.weights_hash  # autocast really ran in bf16
+    assert not torch.equal(model.state_dict()["outc.weight"], fp32_state["outc.weight"])
 
 
 def test_grad_accum_trains_the_global_batch(tiny: Path) -> None:
@@ -157,16 +152,11 @@ def test_cli_trains_and_reports_errors_in_one_line(tiny: Path, monkeypatch, caps
     params_file.write_text(yaml.safe_dump(tiny_params(tiny, epochs=1)))
     monkeypatch.chdir(tiny)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    monkeypatch.setattr(sys, "argv", ["segpipe", "train", "--params", str(params_file)])
-    with pytest.raises(SystemExit) as done:
-        main()
-    assert done.value.code == 0
+    assert main(["train", "--params", str(params_file)]) == 0
     assert "epoch 1/1: loss" in capsys.readouterr().err
     assert (tiny / "models" / "model.pt").is_file()
     (tiny / "prepared" / "manifest.csv").unlink()
-    with pytest.raises(SystemExit) as done:
-        main()
-    assert done.value.code == 2
+    assert main(["train", "--params", str(params_file)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.strip().endswith("manifest.csv: file not found")
     assert "Traceback" not in err

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.formats import read_annotation
+from pipeline.convert.formats import read_annotation
+from pipeline.convert.raster import rasterize
+from pipeline.convert.validate import LabelMatch, check_record, polygon_repair, resolve_label
+from pipeline.core.records import Issue, Record, Shape
 from pipeline.params import ConvertParams, Labels
-from pipeline.raster import rasterize
-from pipeline.records import Issue, Record, Shape
-from pipeline.validate import LabelMatch, check_record, polygon_repair, resolve_label
 
 LABELS = Labels(
     classes=("background", "car", "person", "potted plant"),

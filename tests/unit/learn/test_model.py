@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.errors import InputError
-from pipeline.model import (
+from pipeline.learn.model import (
     DoubleConv,
     Down,
     ModelInfo,

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from formats_fixtures import (
+from helpers.files import (
     b64,
     image_bytes,
     labelme_doc,
@@ -20,9 +20,9 @@ from formats_fixtures import (
     write_text,
 )
 
-from pipeline.formats import find_annotations, read_annotation
-from pipeline.formats.labelme import read_labelme
-from pipeline.records import Issue, Record, Shape, is_error
+from pipeline.convert.formats import find_annotations, read_annotation
+from pipeline.convert.formats.labelme import read_labelme
+from pipeline.core.records import Issue, Record, Shape, is_error
 
 
 @pytest.fixture

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
+import base64
 import io
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import PROJECT_ROOT, Run, segpipe
 from PIL import Image
 
-from pipeline import demo
+from pipeline.convert import formats, raster
+from pipeline.core.records import is_error
 from pipeline.params import load_params
+from pipeline.tools import demo
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 N = 60  # smallest sample that still plants every defect and has every tool
 
 
@@ -26,9 +26,8 @@ def sample() -> demo.DemoSummary:
     return demo.build(n=N, seed=0)
 
 
-def _segpipe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd,
-                          capture_output=True, text=True, check=False)
+def _segpipe(*args: str, cwd: Path | None = None) -> Run:
+    return segpipe(*args, cwd=cwd or Path.cwd())
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -113,7 +112,7 @@ def test_labelme_json_is_what_labelme_5_writes(sample: demo.DemoSummary) -> None
             assert shape["shape_type"] in ("polygon", "rectangle", "circle")
         if doc["imageData"]:
             embedded += 1
-            Image.open(io.BytesIO(__import__("base64").b64decode(doc["imageData"]))).verify()
+            Image.open(io.BytesIO(base64.b64decode(doc["imageData"]))).verify()
         else:
             external += 1
     assert embedded > 0 and external > 0
@@ -143,11 +142,6 @@ def test_painted_pixels_match_the_annotation_masks(sample: demo.DemoSummary) -> 
 def test_readers_read_the_files_as_intended(tmp_path: Path, sample: demo.DemoSummary) -> None:
     """The project's readers see the planted read errors only; every other sample rasterises
     to exactly the mask its image was painted from."""
-    formats = importlib.import_module("pipeline.formats")
-    if not hasattr(formats, "read_annotation"):
-        pytest.skip("pipeline.formats not there yet")
-    from pipeline.records import is_error
-
     demo.write(tmp_path, sample)
     records: dict[str, list] = {}
     errors: set[str] = set()
@@ -163,9 +157,6 @@ def test_readers_read_the_files_as_intended(tmp_path: Path, sample: demo.DemoSum
     merged = {i: formats.merge_records(r) if len(r) > 1 else r[0] for i, r in records.items()}
     assert Counter(r.format for r in merged.values()) == {"labelme": 39, "voc": 13,
                                                           "voc+labelme": 6}
-    if importlib.util.find_spec("pipeline.raster") is None:
-        pytest.skip("pipeline.raster not there yet: masks not compared")
-    raster = importlib.import_module("pipeline.raster")
     classes = {c: i for i, c in enumerate(demo.CLASSES)}
     aliases = {"tri": "triangle", "box": "square"}
     planted = set(sample.defects.values())

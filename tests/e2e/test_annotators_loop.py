@@ -28,11 +28,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import PROJECT_ROOT
 
-from pipeline import demo
-from pipeline.io import content_hash
+from pipeline.core.hashing import content_hash
+from pipeline.tools import demo
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 N_BASE, N_HELP = 40, 10
 TINY_PARAMS = """\

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io as stdio
 import json
@@ -16,66 +17,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from formats_fixtures import png_header_only
+from helpers import PROJECT_ROOT, segpipe
+from helpers.files import jpeg_bytes, labelme, png_bytes, png_header_only, rect
 from PIL import Image, ImageOps
 
-from pipeline import convert as convert_module
-from pipeline import io
-from pipeline.convert import (
-    CACHE_FILE,
-    ConvertSummary,
-    Frame,
-    decide_frame,
-    default_memo_path,
-    load_memo,
-    manifest_columns,
-    run_convert,
-)
+from pipeline.convert import inputs as inputs_module
+from pipeline.convert.cache import CACHE_FILE
+from pipeline.convert.frame import ImageInfo, probe_image
+from pipeline.convert.inputs import default_memo_path, load_memo
+from pipeline.convert.report import ConvertSummary
+from pipeline.convert.stage import run_convert
+from pipeline.core.hashing import content_hash
+from pipeline.core.manifest import manifest_columns
 from pipeline.errors import InputError, StageFailed
 from pipeline.params import load_params
+from pipeline.storage.files import file_hash
+from pipeline.storage.images import read_rgb
+from pipeline.storage.masks import read_mask
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = PROJECT_ROOT
 CLASSES = ["background", "circle", "square", "triangle", "star"]
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def png_bytes(width: int, height: int, color: tuple[int, int, int] = (10, 120, 200)) -> bytes:
-    buffer = stdio.BytesIO()
-    Image.new("RGB", (width, height), color).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def jpeg_bytes(width: int, height: int, orientation: int = 1, seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
-    exif = Image.Exif()
-    if orientation != 1:
-        exif[0x0112] = orientation
-    buffer = stdio.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90, exif=exif)
-    return buffer.getvalue()
-
-
-def rect(label: str, x0: float, y0: float, x1: float, y1: float) -> dict:
-    return {"label": label, "points": [[x0, y0], [x1, y1]], "shape_type": "rectangle",
-            "group_id": None, "flags": {}}
-
-
-def labelme(path: Path, shapes: list[dict], width: int | None, height: int | None,
-            image: bytes | None = None, image_path: str | None = None,
-            version: str = "5.4.1", embed: bool = False) -> Path:
-    """A Labelme JSON; `image` bytes are written beside it as <stem>.png unless embedded."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if image is not None and not embed:
-        image_path = image_path or f"{path.stem}.png"
-        (path.parent / image_path).write_bytes(image)
-    doc = {"version": version, "flags": {}, "shapes": shapes, "imagePath": image_path,
-           "imageData": (__import__("base64").b64encode(image).decode() if embed and image
-                         else None),
-           "imageHeight": height, "imageWidth": width}
-    path.write_text(json.dumps(doc), encoding="utf-8")
-    return path
 
 
 def write_params(root: Path, name: str = "params.yaml", classes: list[str] = CLASSES,
@@ -87,7 +51,8 @@ def write_params(root: Path, name: str = "params.yaml", classes: list[str] = CLA
 
 
 def convert(root: Path, name: str = "params.yaml", jobs: int = 1) -> ConvertSummary:
-    return run_convert(load_params(root / name), jobs=jobs, params_path=name, progress=False)
+    params = dataclasses.replace(load_params(root / name), source=name)
+    return run_convert(params, jobs=jobs, progress=False)
 
 
 def manifest(root: Path, out: str = "prepared") -> list[dict[str, str]]:
@@ -139,14 +104,14 @@ def test_converts_and_writes_every_output(project: Path) -> None:
         "annotation": "a.json", "image": "images/a.png", "mask": "masks/a.png",
         "format": "labelme", "width": "10", "height": "8", "n_shapes": "1", "group": "a"}
     assert (a["px.background"], a["px.circle"], a["px.ignore"]) == ("68", "12", "0")
-    assert a["image_hash"] == io.content_hash(image_a)
+    assert a["image_hash"] == content_hash(image_a)
     assert (project / "prepared/images/a.png").read_bytes() == image_a  # original bytes
-    mask = io.read_mask(project / "prepared/masks/a.png")
+    mask = read_mask(project / "prepared/masks/a.png")
     expected = np.zeros((8, 10), np.uint8)
     expected[1:4, 1:5] = 1  # Labelme's rectangle covers both corners
     assert np.array_equal(mask, expected)
-    assert a["mask_hash"] == io.content_hash((project / "prepared/masks/a.png").read_bytes())
-    mask_c = io.read_mask(project / "prepared/masks/b/c.png")
+    assert a["mask_hash"] == content_hash((project / "prepared/masks/a.png").read_bytes())
+    mask_c = read_mask(project / "prepared/masks/b/c.png")
     assert (mask_c == 2).sum() == 16 and (mask_c == 255).sum() == 4
     assert [rows[1][f"px.{c}"] for c in ("background", "square", "ignore")] == ["44", "16", "4"]
 
@@ -166,9 +131,7 @@ def test_converts_and_writes_every_output(project: Path) -> None:
 
 def test_cli_prints_a_summary_line(project: Path) -> None:
     labelme(project / "raw" / "a.json", [rect("circle", 1, 1, 4, 3)], 10, 8, png_bytes(10, 8))
-    result = subprocess.run([sys.executable, "-m", "pipeline", "convert", "-j", "1"],
-                            cwd=project, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    result = segpipe("convert", "-j", "1", cwd=project)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ("convert: 1 samples: 1 converted, 0 rejected, 0 with warnings "
                              "(1 processed, 0 reused, 0 stale outputs removed) -> prepared; "
@@ -251,12 +214,14 @@ def test_strict_fails_in_one_screen_without_traceback(project: Path) -> None:
     labelme(project / "raw" / "bad.json", [rect("hexagon", 1, 1, 4, 3)], 10, 8,
             png_bytes(10, 8))
     write_params(project, strict=True)
-    result = subprocess.run([sys.executable, "-m", "pipeline", "convert", "-j", "1"],
-                            cwd=project, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    result = segpipe("convert", "-j", "1", cwd=project)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
+    # not a terminal: progress is plain lines (here at 50% and 100%), then the failure screen
+    progress = ["convert: 1/2 files (50%, ", "convert: 2/2 files (100%, "]
     lines = result.stderr.splitlines()
+    assert [line[:len(p)] for line, p in zip(lines, progress, strict=False)] == progress
+    lines = lines[2:]
     assert lines[0] == ("error: convert failed: convert.strict is set and 1 of 2 samples were "
                         "rejected")
     assert lines[2] == "first 1 of 1 errors:"
@@ -297,26 +262,26 @@ def test_exif_rotated_jpeg_in_rotated_and_raw_frame(project: Path) -> None:
     # annotated on the rotated image: rotated pixels (PNG, no EXIF) and a 20-wide mask
     assert (rows["rot"]["image"], rows["rot"]["width"], rows["rot"]["height"]) == (
         "images/rot.png", "20", "40")
-    mask = io.read_mask(project / "prepared/masks/rot.png")
+    mask = read_mask(project / "prepared/masks/rot.png")
     expected = np.zeros((40, 20), np.uint8)
     expected[3:31, 2:6] = 1
     assert np.array_equal(mask, expected)
     with Image.open(stdio.BytesIO(data)) as original:
         rotated = np.asarray(ImageOps.exif_transpose(original).convert("RGB"))
-    assert np.array_equal(io.read_rgb(project / "prepared/images/rot.png"), rotated)
-    assert io.probe_image((project / "prepared/images/rot.png").read_bytes()).orientation == 1
+    assert np.array_equal(read_rgb(project / "prepared/images/rot.png"), rotated)
+    assert probe_image((project / "prepared/images/rot.png").read_bytes()).orientation == 1
 
     # annotated on the raw pixels: the same JPEG with orientation 1, a 40-wide mask
     assert (rows["raw_frame"]["image"], rows["raw_frame"]["width"]) == (
         "images/raw_frame.jpg", "40")
-    mask = io.read_mask(project / "prepared/masks/raw_frame.png")
+    mask = read_mask(project / "prepared/masks/raw_frame.png")
     expected = np.zeros((20, 40), np.uint8)
     expected[3:6, 2:31] = 1
     assert np.array_equal(mask, expected)
     stored = (project / "prepared/images/raw_frame.jpg").read_bytes()
-    assert io.probe_image(stored) == io.ImageInfo("JPEG", 40, 20, 1)
+    assert probe_image(stored) == ImageInfo("JPEG", 40, 20, 1)
     with Image.open(stdio.BytesIO(data)) as original:
-        assert np.array_equal(io.read_rgb(project / "prepared/images/raw_frame.jpg"),
+        assert np.array_equal(read_rgb(project / "prepared/images/raw_frame.jpg"),
                               np.asarray(original.convert("RGB")))
     assert issues(project) == [
         ("params.yaml", None, "class_without_samples", "warning")] * 3 + [
@@ -333,39 +298,6 @@ def test_exif_declared_size_matching_neither_frame_is_an_error(project: Path) ->
     assert [i["message"] for i in found if i["check"] == "image_size"] == [
         "declared image size 30x30 must equal the image's real size, got 40x20 as stored and "
         "20x40 after EXIF rotation (orientation 6)"]
-
-
-def info(width: int, height: int, orientation: int) -> io.ImageInfo:
-    return io.ImageInfo("JPEG", width, height, orientation)
-
-
-@pytest.mark.parametrize(
-    ("declared", "image", "fmt", "version", "frame"),
-    [
-        ((40, 20), info(40, 20, 1), "labelme", "5.0.1", Frame(40, 20, False)),
-        (None, info(40, 20, 1), "yolo", None, Frame(40, 20, False)),
-        ((20, 40), info(40, 20, 6), "labelme", "3.6.0", Frame(20, 40, True)),  # rotated only
-        ((40, 20), info(40, 20, 6), "labelme", "5.0.1", Frame(40, 20, False)),  # raw only
-        ((40, 20), info(40, 20, 3), "labelme", "5.0.1", Frame(40, 20, True)),  # ambiguous
-        ((40, 20), info(40, 20, 3), "labelme", "3.10.1", Frame(40, 20, False)),
-        ((40, 20), info(40, 20, 3), "labelme", "3.11.0", Frame(40, 20, True)),
-        ((40, 20), info(40, 20, 3), "labelme", None, Frame(40, 20, False)),
-        ((40, 40), info(40, 40, 8), "voc", None, Frame(40, 40, True)),  # LabelImg rotates
-        ((40, 40), info(40, 40, 8), "voc+labelme", "3.2", Frame(40, 40, False)),
-        (None, info(40, 20, 6), "voc", None, Frame(20, 40, True)),  # no size: as displayed
-        (None, info(40, 20, 6), "labelme", "3.5.0", Frame(40, 20, False)),
-    ],
-)
-def test_decide_frame(declared, image, fmt, version, frame) -> None:
-    assert decide_frame(declared, image, fmt, version) == (frame, None)
-
-
-def test_decide_frame_mismatch_without_exif() -> None:
-    assert decide_frame((20, 40), info(40, 20, 1), "voc", None) == (
-        None, "declared image size 20x40 must equal the image's real size 40x20")
-
-
-# ------------------------------------------------------------------------------ dataset level
 
 
 def test_duplicate_images_share_a_group(project: Path) -> None:
@@ -398,7 +330,7 @@ def test_json_and_xml_of_one_image_are_one_sample(project: Path) -> None:
     expected = np.zeros((8, 8), np.uint8)
     expected[0:6, 0:6] = 2  # the VOC box first (1-based inclusive)
     expected[2:5, 2:5] = 1  # the Labelme rectangle over it
-    assert np.array_equal(io.read_mask(project / "prepared/masks/a/img.png"), expected)
+    assert np.array_equal(read_mask(project / "prepared/masks/a/img.png"), expected)
 
 
 # ------------------------------------------------------------------------------ incremental
@@ -453,8 +385,8 @@ def test_incremental_runs_convert_only_what_changed(project: Path) -> None:
 
 def test_hash_memo_spares_reading_unchanged_inputs(project: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(convert_module, "MEMO_SETTLE_S", 0.0)  # files written just now count
-    monkeypatch.setattr(convert_module, "MEMO_SETTLE_FINE_S", 0.0)
+    monkeypatch.setattr(inputs_module, "MEMO_SETTLE_S", 0.0)  # files written just now count
+    monkeypatch.setattr(inputs_module, "MEMO_SETTLE_FINE_S", 0.0)
     raw, memo = project / "raw", project / "memo" / "hashes.json"
     make_samples(raw, 3)
     params = load_params(project / "params.yaml")
@@ -465,7 +397,7 @@ def test_hash_memo_spares_reading_unchanged_inputs(project: Path,
     assert counts(run()) == (3, 3, 0, 3, 0, 0)
     learned = load_memo(memo, raw)
     assert sorted(learned) == [f"s00{i}.{ext}" for i in range(3) for ext in ("json", "png")]
-    assert learned["s001.png"].hash == io.file_hash(raw / "s001.png")
+    assert learned["s001.png"].hash == file_hash(raw / "s001.png")
     assert load_memo(memo, project / "elsewhere") == {}  # the memo of one raw dir only
     first = tree(project / "prepared")
     assert counts(run()) == (3, 3, 0, 0, 3, 0)
@@ -475,12 +407,12 @@ def test_hash_memo_spares_reading_unchanged_inputs(project: Path,
     doc["files"]["s001.png"][5] = "0" * 32
     memo.write_text(json.dumps(doc))
     assert counts(run()) == (3, 3, 0, 1, 2, 0)  # ... so s001 looks changed and converts again
-    assert load_memo(memo, raw)["s001.png"].hash == io.file_hash(raw / "s001.png")  # repaired
+    assert load_memo(memo, raw)["s001.png"].hash == file_hash(raw / "s001.png")  # repaired
 
     # any write changes the stamp (here: same size, new bytes): read and hashed again
     (raw / "s002.png").write_bytes(png_bytes(12, 10, (9, 9, 9)))
     assert counts(run()) == (3, 3, 0, 1, 2, 0)
-    assert load_memo(memo, raw)["s002.png"].hash == io.file_hash(raw / "s002.png")
+    assert load_memo(memo, raw)["s002.png"].hash == file_hash(raw / "s002.png")
 
     # the same outputs as a run without any memo
     (raw / "s002.png").write_bytes(png_bytes(12, 10, (2, 4, 50)))  # back to make_samples'
@@ -493,7 +425,7 @@ def test_hash_memo_spares_reading_unchanged_inputs(project: Path,
 
 def test_recent_inputs_stay_out_of_the_memo(project: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(convert_module, "MEMO_SETTLE_FINE_S", 60.0)  # as if a slow clock
+    monkeypatch.setattr(inputs_module, "MEMO_SETTLE_FINE_S", 60.0)  # as if a slow clock
     make_samples(project / "raw", 1)  # written just now: not settled
     memo = project / "hashes.json"
     run_convert(load_params(project / "params.yaml"), jobs=1, progress=False, memo_path=memo)
@@ -512,8 +444,8 @@ def test_default_memo_path_is_outside_the_project(project: Path,
 
 def test_unwritable_memo_only_warns(project: Path, capsys: pytest.CaptureFixture[str],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(convert_module, "MEMO_SETTLE_S", 0.0)
-    monkeypatch.setattr(convert_module, "MEMO_SETTLE_FINE_S", 0.0)
+    monkeypatch.setattr(inputs_module, "MEMO_SETTLE_S", 0.0)
+    monkeypatch.setattr(inputs_module, "MEMO_SETTLE_FINE_S", 0.0)
     make_samples(project / "raw", 2)
     (project / "blocker").write_text("a file where the memo's directory should be")
     summary = run_convert(load_params(project / "params.yaml"), jobs=1, progress=False,
@@ -558,7 +490,7 @@ def test_output_does_not_depend_on_jobs(project: Path) -> None:
 
 KILLER = """
 import os, signal, sys
-from pipeline.convert import run_convert
+from pipeline.convert.stage import run_convert
 from pipeline.params import load_params
 done = []
 def kill_after(outcome):
@@ -580,7 +512,7 @@ def test_killed_run_leaves_no_partial_file_and_the_next_run_completes(project: P
     masks = [p for p in (out / "masks").iterdir() if not p.name.endswith(".tmp")]
     assert 8 <= len(masks) < 40
     for mask in masks:  # every mask that exists is whole
-        assert io.read_mask(mask).shape == (240, 320)
+        assert read_mask(mask).shape == (240, 320)
     (out / "masks" / ".s000.png.x1y2z3.tmp").write_bytes(b"half a png")  # as a kill mid-write
 
     summary = convert(project, jobs=2)
@@ -611,8 +543,8 @@ def test_real_labelme_semantic_examples(realdata: Path, tmp_path: Path,
         "polygon_repaired", "polygon_repaired", "clipped"]
     assert len([i for i in found if i[2] == "class_without_samples"]) == 14
     for row in manifest(tmp_path):  # the masks labelme2voc made, pixel for pixel
-        ours = io.read_mask(tmp_path / "prepared" / row["mask"])
-        theirs = io.read_mask(example / "data_dataset_voc/SegmentationClass" /
+        ours = read_mask(tmp_path / "prepared" / row["mask"])
+        theirs = read_mask(example / "data_dataset_voc/SegmentationClass" /
                               f"{row['id']}.png")
         differ = [tuple(p) for p in np.argwhere(ours != theirs)]
         # made with an older Pillow: one pixel where two polygons meet differs (issue 2)
