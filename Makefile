@@ -5,7 +5,7 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ run: setup
 
 test: setup
 	pytest
+
+# the everyday loop: everything but tests/e2e (real git + DVC + training runs)
+test-fast: setup
+	pytest -m "not slow"
 
 lint: setup
 	ruff check pipeline tests bench

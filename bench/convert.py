@@ -41,10 +41,11 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import io as pio  # noqa: E402
-from pipeline import schemas  # noqa: E402, F401 - imported before timing, as the CLI does
-from pipeline.convert import default_memo_path, load_memo, run_convert  # noqa: E402
+from pipeline.convert.inputs import default_memo_path, load_memo  # noqa: E402
+from pipeline.convert.stage import run_convert  # noqa: E402
+from pipeline.core import schemas  # noqa: E402, F401 - imported before timing, as the CLI does
 from pipeline.params import load_params  # noqa: E402
+from pipeline.storage.masks import voc_palette  # noqa: E402
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "potted plant",
@@ -122,7 +123,7 @@ def reference_one(annotation: Path, out: Path, classes: dict[str, int]) -> int:
         value = -1 if name == "__ignore__" else classes[name]
         label[_shape_mask((width, height), kind, points)] = value
     png = Image.fromarray(label.astype(np.uint8), mode="P")
-    png.putpalette(pio.voc_palette())
+    png.putpalette(voc_palette())
     target = out / annotation.relative_to(out.parent / "raw").with_suffix(".png")
     target.parent.mkdir(parents=True, exist_ok=True)
     png.save(target)
@@ -197,7 +198,7 @@ def main() -> None:
           f"{ref_cpu:.2f} CPU-s = {n_ref / ref_cpu:.1f} files per CPU-s "
           f"({ref_cpu / n_ref * 1e3:.2f} CPU-ms/file)")
     print(f"ratio convert / reference (files/s): {(summary.seen / full) / (n_ref / ref_time):.2f}x")
-    from pipeline import formats
+    from pipeline.convert import formats
 
     annotations = formats.find_annotations(work / "raw")
     cpu = cpu_seconds()

@@ -37,10 +37,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import data  # noqa: E402
-from pipeline.io import write_mask  # noqa: E402
-from pipeline.losses import make_loss  # noqa: E402
-from pipeline.model import UNet, UNetConfig  # noqa: E402
+from pipeline.learn import data  # noqa: E402
+from pipeline.learn.losses import make_loss  # noqa: E402
+from pipeline.learn.model import UNet, UNetConfig  # noqa: E402
+from pipeline.storage.masks import write_mask  # noqa: E402
 
 N_CLASSES = 5
 
