@@ -24,7 +24,7 @@ from pipeline.storage.files import FileStamp, write_text
 
 #: Bump when a change in this stage (or in formats/validate/raster) changes its outputs:
 #: every cached sample is then converted again.
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 CACHE_FILE = ".convert-cache.json"
 
 Entry = dict[str, Any]  # one sample's cache entry, as JSON
@@ -62,6 +62,8 @@ class Outcome:
     mask: dict[str, Any] | None = None  # facts read back from the mask file (mask schema)
     outputs: dict[str, int] = field(default_factory=dict)  # out-relative path -> size
     source_hash: str | None = None  # hash of the image bytes as given (duplicate detection)
+    #: class index (as text) -> [objects, median area, median thickness] (core/fingerprint.py)
+    objects: dict[str, list[float]] = field(default_factory=dict)
     cacheable: bool = True
     #: inputs this run read, with their stamps: what the hash memo learns (not cached)
     stamps: dict[str, MemoEntry] = field(default_factory=dict)
@@ -120,7 +122,7 @@ def to_entry(outcome: Outcome, checked: bool = False) -> Entry:
              "deps": outcome.deps, "tree": outcome.depends_on_tree,
              "issues": [dict(vars(i)) for i in outcome.issues], "row": outcome.row,
              "mask": outcome.mask, "outputs": outcome.outputs,
-             "source_hash": outcome.source_hash}
+             "source_hash": outcome.source_hash, "objects": outcome.objects}
     return {**entry, "checked": True} if checked else entry
 
 
@@ -153,7 +155,8 @@ def cached_outcome(sample: SampleFiles, entry: Entry, seen: Observation, pkey: s
             deps=dict(entry["deps"]), depends_on_tree=with_tree,
             issues=tuple(Issue(**i) for i in entry["issues"]), row=entry["row"],
             mask=entry["mask"], outputs=dict(entry["outputs"]),
-            source_hash=entry["source_hash"], stamps=dict(seen.stamps))
+            source_hash=entry["source_hash"], objects=dict(entry["objects"]),
+            stamps=dict(seen.stamps))
     except (KeyError, TypeError, ValueError):  # a cache from another version, edited by hand
         return None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.convert.cache import Outcome
+from pipeline.core.fingerprint import ObjectStats, fingerprint
 from pipeline.core.manifest import FIXED_COLUMNS, INT_COLUMNS, manifest_columns, pixel_column
 from pipeline.core.records import Issue
 from pipeline.params import ConvertParams
@@ -129,18 +130,25 @@ def summarize(outcomes: Sequence[Outcome], issues: Sequence[Issue], processed: i
         processed=processed, reused=reused, removed=removed, failure=failure)
 
 
-def data_metrics(summary: ConvertSummary, manifest: Any, classes: Sequence[str]
-                 ) -> dict[str, Any]:
+def data_metrics(summary: ConvertSummary, manifest: Any, classes: Sequence[str],
+                 outcomes: Sequence[Outcome]) -> dict[str, Any]:
     """reports/data.json: file counts and, per class, images containing it and pixel share
-    (of all labelled, i.e. non-ignore, pixels)."""
+    (of all labelled, i.e. non-ignore, pixels); the dataset fingerprint of the converted
+    samples (what the training plan is derived from)."""
     totals = {c: int(manifest[pixel_column(c)].sum()) for c in classes}
     labelled = sum(totals.values())
+    converted = [o for o in outcomes if o.row is not None]
+    print_ = fingerprint(
+        [(int(o.row["width"]), int(o.row["height"])) for o in converted],  # type: ignore[index]
+        [{int(k): ObjectStats(int(v[0]), float(v[1]), float(v[2])) for k, v in o.objects.items()}
+         for o in converted], totals, classes)
     return {
         "files": {"seen": summary.seen, "converted": summary.converted,
                   "rejected": summary.rejected, "warnings": summary.warned},
         "classes": {c: {"images": int((manifest[pixel_column(c)] > 0).sum()),
                         "pixel_share": round(totals[c] / labelled, 6) if labelled else 0.0}
                     for c in classes},
+        "fingerprint": print_.to_dict(),
     }
 
 

@@ -23,6 +23,7 @@ from pipeline.convert import formats, raster, validate
 from pipeline.convert.cache import MemoEntry, Outcome, SampleFiles, sample_key
 from pipeline.convert.frame import ImageInfo, decide_frame, prepared_image, probe_image
 from pipeline.convert.inputs import hash_input, remember
+from pipeline.core.fingerprint import object_stats
 from pipeline.core.hashing import content_hash
 from pipeline.core.manifest import IGNORE_COLUMN, pixel_column
 from pipeline.core.records import IGNORE, Issue, Record, is_error
@@ -190,8 +191,10 @@ def _convert_sample(task: Task, write: Write) -> Outcome:
                         else content_hash(image_bytes), content_hash(mask_png), key, facts)
     mask_facts = _mask_facts(mask_rel, facts, stored, len(task.labels.classes))
     outputs = {image_rel: len(image_bytes), mask_rel: len(mask_png)}
+    objects = {str(value): [s.objects, s.median_area, s.median_thickness]
+               for value, s in object_stats(mask, len(task.labels.classes)).items()}
     return Outcome(sample.id, sample.annotations, key, deps, False, tuple(issues), row,
-                   mask_facts, outputs, source_hash, stamps=stamps)
+                   mask_facts, outputs, source_hash, objects, stamps=stamps)
 
 
 def _manifest_row(task: Task, record: Record, image_rel: str, mask_rel: str,

@@ -99,7 +99,8 @@ def run_convert(params: Params, *, jobs: int | None = None, progress: bool = Tru
     summary = report.summarize(ordered, issues, len(tasks), len(plan.reuse), len(removed), cfg)
     write_json(reports_dir / "validation.json", [vars(i) for i in issues])
     write_text(reports_dir / "validation.md", report.validation_markdown(issues, summary))
-    write_json(reports_dir / "data.json", report.data_metrics(summary, manifest, labels.classes))
+    write_json(reports_dir / "data.json",
+               report.data_metrics(summary, manifest, labels.classes, ordered))
 
     # 6. the manifest and the masks against their schemas; only then the manifest is written
     problems = _schema_problems(ordered, manifest, labels.classes, out_dir, kept)
