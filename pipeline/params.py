@@ -27,7 +27,6 @@ from pipeline.errors import ParamsError
 
 LOSSES = ("ce", "dice", "ce_dice")
 UPSAMPLE_MODES = ("bilinear", "transpose")
-RESIZE_MODES = ("letterbox", "stretch")
 AMP_MODES = ("auto", "bf16", "off")
 SWITCHES = ("auto", "on", "off")
 #: Most pixel values a uint8 mask has for classes: 0..254 (255 is ignore).
@@ -41,6 +40,14 @@ def _range(default: Any, low: float | None = None, high: float | None = None, *,
            low_open: bool = False, high_open: bool = False) -> Any:
     """A field whose value must lie in [low, high] (an end left out is unbounded)."""
     return field(default=default, metadata={"range": (low, high, low_open, high_open)})
+
+
+def _auto(kind: type, low: float | None = None, high: float | None = None, *,
+          low_open: bool = False) -> Any:
+    """A field that is "auto" (decided by the training plan from the data) or a number of
+    `kind` in [low, high]."""
+    return field(default="auto", metadata={"range": (low, high, low_open, False),
+                                           "auto": kind})
 
 
 def _choice(default: str, choices: tuple[str, ...], switch: dict[bool, str] | None = None
@@ -95,14 +102,21 @@ class TrainParams:
     checkpoint_path: str = "models/checkpoint.pt"
     cache_dir: str = "data/cache"
     log_dir: str = "reports/train"
-    image_size: int = _range(128, 8, 8192)  # square training size in pixels
-    depth: int = _range(4, 1, 8)  # number of down-sampling steps
-    base_width: int = _range(16, 1, 512)  # channels of the first level; doubles per level
+    plan_path: str = "reports/plan.json"  # the plan of the last run, with the fingerprint
+    # the plan (learn/plan.py): "auto" = derived from the dataset fingerprint and the device
+    scale: float | str = _auto(float, 0.0, 8.0, low_open=True)  # one resize factor for all
+    long_side: int | str = _auto(int, 8, 65536)  # or: every image's long side to this (px)
+    patch: int | str = _auto(int, 8, 4096)  # square crop size (px)
+    batch_size: int | str = _auto(int, 1, 4096)  # crops per step and process
+    steps: int | str = _auto(int, 1, 10_000_000)  # optimiser steps
+    depth: int | str = _auto(int, 1, 8)  # U-Net down-sampling steps
+    base_width: int | str = _auto(int, 1, 512)  # channels of the first level; doubles per level
+    fg_share: float | str = _auto(float, 0.0, 1.0)  # share of crops centred on a class pixel
+    ema: float | str = _auto(float, 0.0, 1.0)  # EMA decay of the weights (0 = off)
+    val_every: int | str = _auto(int, 1, 10_000_000)  # steps between val scores + checkpoints
     upsample: str = _choice("bilinear", UPSAMPLE_MODES)
     loss: str = _choice("ce_dice", LOSSES)
     class_weights: tuple[float, ...] | None = None
-    epochs: int = _range(40, 1, 100_000)
-    batch_size: int = _range(8, 1, 4096)
     lr: float = _range(3e-3, 0.0, 10.0, low_open=True)
     weight_decay: float = _range(1e-4, 0.0, 1.0)
     hflip: bool = True
@@ -110,15 +124,15 @@ class TrainParams:
     rot90: bool = True
     scale_min: float = _range(0.75, 0.1, 10.0)
     scale_max: float = _range(1.25, 0.1, 10.0)
-    jitter: float = _range(0.1, 0.0, 1.0)  # colour jitter strength (brightness/contrast/saturation)
+    jitter: float = _range(0.2, 0.0, 1.0)  # brightness/contrast/saturation strength
+    hue: float = _range(0.05, 0.0, 0.5)  # largest hue shift (a turn of the colour wheel = 1)
+    blur: float = _range(0.2, 0.0, 1.0)  # share of crops blurred (Gaussian, sigma 0.5-1.5 px)
     device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cuda", "cuda:N", "mps" or "cpu"
     amp: str = _choice("auto", AMP_MODES, {True: "bf16", False: "off"})
     channels_last: str = _choice("auto", SWITCHES, _ON_OFF)
     compile: bool = False
-    workers: int = _range(0, 0, 256)
     threads: int = _range(0, 0, 1024)  # torch CPU threads; 0 = all cores
     seed: int = _range(0, 0)
-    resize: str = _choice("letterbox", RESIZE_MODES)
     grad_accum: int = _range(1, 1, 1024)  # micro-batches per optimiser step
     warmup: float = _range(0.05, 0.0, 1.0, high_open=True)  # share of steps with LR warm-up
     resume: bool = True  # continue from checkpoint_path when its data and config match
@@ -262,9 +276,13 @@ def _cross_checks(labels: Labels, sections: dict[str, Any]) -> list[str]:
     """Checks between fields (each field's own range is checked by `_build`)."""
     problems = []
     train: TrainParams = sections["train"]
-    if train.image_size < 2 ** train.depth:
-        problems.append(f"train.image_size must be >= 2**depth = {2 ** train.depth}, got "
-                        f"{train.image_size}")
+    if train.patch != "auto" and train.depth != "auto" and train.patch < 2 ** train.depth:
+        problems.append(f"train.patch must be >= 2**depth = {2 ** train.depth}, got "
+                        f"{train.patch}")
+    if train.scale != "auto" and train.long_side != "auto":
+        problems.append("train.scale and train.long_side must not both be set (one resizes "
+                        "every image by a factor, the other to a long side), got "
+                        f"{train.scale} and {train.long_side}")
     if train.scale_min > train.scale_max:
         problems.append(f"train.scale_min must be <= train.scale_max, got {train.scale_min} > "
                         f"{train.scale_max}")
@@ -311,10 +329,18 @@ def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> Any:
         try:
             if "choices" in meta:
                 value = meta["switch"].get(value, value) if isinstance(value, bool) else value
-            values[key] = checked = _coerce(value, hints[key])
+            if "auto" in meta:
+                if value == "auto":
+                    values[key] = value
+                    continue
+                hint = meta["auto"]
+            else:
+                hint = hints[key]
+            values[key] = checked = _coerce(value, hint)
             _check_meta(checked, meta)
         except TypeError as exc:
-            problems.append(f"{source}: {prefix}{key} must be {exc}, got {_short(value)}")
+            what = f"auto or {exc}" if "auto" in meta else str(exc)
+            problems.append(f"{source}: {prefix}{key} must be {what}, got {_short(value)}")
     if problems:
         raise ParamsError("\n".join(problems))
     return cls(**values)
