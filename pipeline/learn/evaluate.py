@@ -1,9 +1,10 @@
 """`segpipe evaluate`: per-class IoU of the trained model on val (and the benchmark set).
 
-Each image is fitted to the model's training size as in training, its logits are mapped back
-and upsampled bilinearly to the ORIGINAL mask size before the argmax, so the metrics are at full
-resolution. One confusion matrix is accumulated over the whole split on the device
-(`pipeline.metrics`); ignore pixels (255) are left out.
+Each image is predicted at its original size by the shared inference (learn/inference.py:
+resized to the model's working scale, sliding window with blending, logits upsampled back),
+so the metrics are at full resolution. One confusion matrix is accumulated over the whole split
+on the device (learn/metrics.py); ignore pixels (255) are left out. The report says what the
+numbers came from: the training plan, the dataset fingerprint, the device and precision.
 
 Outputs (paths from params.yaml):
     evaluate.metrics_path        metrics.json: miou, miou_fg, aacc, iou/dice/precision/recall/
@@ -45,8 +46,8 @@ from pipeline.errors import InputError
 from pipeline.learn.inference import (
     default_workers,
     load_labelled,
-    predict_batch,
-    prefetch_batches,
+    predict_mask,
+    prefetch,
     read_pair,
 )
 from pipeline.learn.metrics import SegMetrics, confusion_matrix, mean_iou, segmentation_metrics
@@ -62,6 +63,8 @@ from pipeline.storage.images import rgb_png_bytes
 class ImageScore:
     id: str
     miou: float  # the image's own mIoU (NaN when all its pixels are ignored)
+    intersection: tuple[int, ...] = ()  # per class: pixels predicted and annotated as it
+    union: tuple[int, ...] = ()  # per class: pixels predicted or annotated as it
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,8 @@ def eval_fingerprint(rows: Sequence[ManifestRow]) -> str:
 def evaluate_split(model: UNet, info: ModelInfo, samples: Sequence[ManifestRow], root: Path,
                    split: str, device: torch.device, *, batch_size: int = 16,
                    keep_worst: int = 0, workers: int = 1, progress: bool = True) -> EvalResult:
-    """Predict every sample, accumulate one confusion matrix on `device`, score each image.
+    """Predict every sample at its full size, accumulate one confusion matrix on `device`,
+    score each image. `batch_size`: tiles per forward pass.
 
     Raises InputError naming every sample that cannot be used (unreadable, size mismatch,
     mask values that are not classes) after trying all of them.
@@ -100,37 +104,43 @@ def evaluate_split(model: UNet, info: ModelInfo, samples: Sequence[ManifestRow],
     worst: list[tuple[float, str, np.ndarray]] = []
     problems: list[str] = []
     with Progress(len(samples), f"evaluate {split}", "images", enabled=progress) as bar:
-        loader = prefetch_batches(list(samples), lambda s: load_labelled(s, root, info),
-                                  batch_size, workers)
-        for batch in loader:
-            problems += [loaded for _, loaded in batch if isinstance(loaded, str)]
-            good = [(s, loaded) for s, loaded in batch if not isinstance(loaded, str)]
-            if good:
-                fitted = np.stack([loaded[0] for _, loaded in good])
-                sizes = [loaded[1].shape for _, loaded in good]
-                preds = predict_batch(model, info, fitted, sizes, device)
-                for (sample, (_, mask)), pred in zip(good, preds, strict=True):
-                    gt = torch.from_numpy(mask).to(device)
-                    try:
-                        cm = confusion_matrix(gt, pred, n)
-                    except ValueError as exc:
-                        problems.append(f"{sample.id}: mask {exc}")
-                        continue
-                    total += cm
-                    score = mean_iou(cm)
-                    scores.append(ImageScore(sample.id, score))
-                    if keep_worst and not math.isnan(score):
-                        worst.append((score, sample.id, pred.to("cpu", torch.uint8).numpy()))
-                        worst.sort(key=lambda item: (item[0], item[1]))
-                        del worst[keep_worst:]
-            bar.update(len(batch))
+        for sample, loaded in prefetch(list(samples), lambda s: load_labelled(s, root), workers):
+            bar.update()
+            if isinstance(loaded, str):
+                problems.append(loaded)
+                continue
+            rgb, mask = loaded
+            pred = predict_mask(model, info, rgb, device, batch_size)
+            try:
+                cm = confusion_matrix(torch.from_numpy(mask).to(device),
+                                      torch.from_numpy(pred).to(device), n)
+            except ValueError as exc:
+                problems.append(f"{sample.id}: mask {exc}")
+                continue
+            total += cm
+            scores.append(image_score(sample.id, cm))
+            score = scores[-1].miou
+            if keep_worst and not math.isnan(score):
+                worst.append((score, sample.id, pred))
+                worst.sort(key=lambda item: (item[0], item[1]))
+                del worst[keep_worst:]
     if problems:
         raise InputError(f"{len(problems)} of {len(samples)} {split} samples cannot be "
                          f"evaluated:\n  " + "\n  ".join(problems))
     ranked = sorted(scores, key=lambda s: (math.isnan(s.miou), s.miou, s.id))
     return EvalResult(split=split, metrics=segmentation_metrics(total, info.classes),
                       n_images=len(scores), eval_fingerprint=eval_fingerprint(samples),
-                       scores=tuple(ranked), worst={i: pred for _, i, pred in worst})
+                      scores=tuple(ranked), worst={i: pred for _, i, pred in worst})
+
+
+def image_score(sample_id: str, confusion: torch.Tensor) -> ImageScore:
+    """One image's mIoU and, per class, its intersection and union pixel counts (what the
+    gate's bootstrap resamples)."""
+    cm = confusion.detach().to("cpu", torch.int64)
+    tp = torch.diagonal(cm)
+    union = cm.sum(dim=0) + cm.sum(dim=1) - tp
+    return ImageScore(sample_id, mean_iou(cm), tuple(int(v) for v in tp.tolist()),
+                      tuple(int(v) for v in union.tolist()))
 
 
 def metrics_record(result: EvalResult, data_fp: str) -> dict[str, object]:
@@ -191,11 +201,11 @@ def _num(value: float, digits: int = 4) -> str:
     return "–" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def report_markdown(results: Sequence[EvalResult], model_path: str, data_fp: str,
+def report_markdown(results: Sequence[EvalResult], model_path: str, info: ModelInfo,
                     overlays: Sequence[tuple[str, float, str]]) -> str:
     """The page a person reads first. `overlays`: (id, mIoU, relative link) worst first."""
     lines = ["# Evaluation report", "",
-             f"Model `{model_path}`, trained on data `{data_fp}`.", ""]
+             f"Model `{model_path}`, trained on data `{info.data_fingerprint}`.", ""]
     for result in results:
         m = result.metrics
         lines += [f"## {result.split} ({result.n_images} images, {m.n_pixels:,} pixels)", "",
@@ -212,6 +222,7 @@ def report_markdown(results: Sequence[EvalResult], model_path: str, data_fp: str
                   "never predicted (precision), or both (IoU, Dice; left out of the mIoU).", ""]
         if len(m.classes) <= 20:
             lines += _confusion_table(m)
+    lines += _provenance(info)
     if overlays:
         lines += ["## Worst val images", "", "By the image's own mIoU; each overlay shows "
                   "image | ground truth | prediction.", "",
@@ -221,6 +232,28 @@ def report_markdown(results: Sequence[EvalResult], model_path: str, data_fp: str
                   for rank, (sample_id, score, link) in enumerate(overlays, start=1)]
         lines.append("")
     return "\n".join(lines)
+
+
+def _provenance(info: ModelInfo) -> list[str]:
+    """What the numbers came from: the plan and why, the fingerprint, device and precision."""
+    plan = info.plan
+    lines = ["## How the model was trained", "",
+             f"On **{info.device}**, {'bf16 autocast' if info.amp else 'fp32'}"
+             f"{', channels_last' if info.channels_last else ''}; "
+             f"U-Net depth {plan.depth}, width {plan.base_width}; EMA decay {plan.ema_decay:g}.",
+             "", plan.summary().removeprefix("plan: ").capitalize() + ".", ""]
+    lines += [f"- {_cell(reason)}" for reason in plan.reasons]
+    dataset = info.dataset
+    if dataset:
+        low, mid, high = dataset["long_side"]
+        lines += ["", f"Dataset fingerprint: {dataset['images']} images, long side "
+                  f"{low:g} / {mid:g} / {high:g} px (10th / 50th / 90th percentile).", "",
+                  "| class | images | pixel share | objects | median area (px) | "
+                  "median thickness (px) |", "|---|---:|---:|---:|---:|---:|"]
+        for name, c in dataset["classes"].items():
+            lines.append(f"| {_cell(name)} | {c['images']} | {100 * c['pixel_share']:.2f} % | "
+                         f"{c['objects']} | {c['area']:,.0f} | {c['thickness']:.1f} |")
+    return [*lines, ""]
 
 
 def _confusion_table(m: SegMetrics) -> list[str]:
@@ -326,7 +359,7 @@ def write_results(results: Sequence[EvalResult], val: Sequence[ManifestRow], man
         write_text(folder / "confusion.csv", confusion_csv(result.metrics))
     overlays = write_overlays(results[0], val, manifest.root, info.classes, out_dir, cfg)
     write_text(out_dir / "report.md",
-               report_markdown(results, model_path, info.data_fingerprint, overlays))
+               report_markdown(results, model_path, info, overlays))
     write_json(cfg.metrics_path, record)
     return record
 

@@ -8,8 +8,10 @@ Level i has `base_width * 2**i` channels (i = 0 .. depth). Down halves the size 
 floor for odd sizes), Up doubles it and pads to the skip's size, so any H x W works
 (H and W at least 2**depth, so the bottleneck is not empty).
 
-The checkpoint written by `save_model` rebuilds its own model: it holds the config, the class
-names, the training image size and the data fingerprint next to the weights.
+The file written by `save_model` rebuilds its own model: it holds the config, the class names,
+the training plan (working scale, patch: how to resize an image for it), the dataset
+fingerprint the plan came from, the precision it ran in and the data version, next to the
+weights (the EMA weights, see learn/train.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import InputError
+from pipeline.learn.plan import Plan
 from pipeline.params import UPSAMPLE_MODES
 from pipeline.storage.files import write_bytes
 
-MODEL_FORMAT = "segpipe-unet/1"
+MODEL_FORMAT = "segpipe-unet/2"
 # ImageNet statistics: inputs arrive as RGB floats in [0, 1]
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -61,13 +64,16 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a checkpoint says about its model besides the weights."""
+    """What a model file says about its model besides the weights."""
 
     config: UNetConfig
     classes: tuple[str, ...]
-    image_size: int  # square training size in pixels
     data_fingerprint: str  # hash of manifest + split the model was trained on
-    resize: str = "letterbox"  # how images were fitted to image_size (inference.fit_image)
+    plan: Plan  # working scale and patch: how images are resized and tiled for it
+    dataset: dict[str, Any] = field(default_factory=dict)  # the fingerprint the plan came from
+    amp: bool = False  # bf16 autocast in training (and so in inference)
+    channels_last: bool = False
+    device: str = "cpu"  # the device type it was trained on
 
 
 # ---------------------------------------------------------------- parts
@@ -209,17 +215,21 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def model_payload(model: nn.Module, info: ModelInfo) -> dict[str, Any]:
-    """The self-describing dict `save_model` writes (also embedded in training checkpoints)."""
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+def model_payload(model: nn.Module, info: ModelInfo,
+                  state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """The self-describing dict `save_model` writes (also embedded in training checkpoints).
+    `state`: the weights to store (default: the model's own)."""
+    weights = state if state is not None else unwrap(model).state_dict()
     return {
         "format": MODEL_FORMAT,
         "config": dataclasses.asdict(info.config),
         "classes": list(info.classes),
-        "image_size": int(info.image_size),
         "data_fingerprint": str(info.data_fingerprint),
-        "resize": str(info.resize),
-        "state_dict": state,
+        "plan": info.plan.to_dict(),
+        "dataset": info.dataset,
+        "precision": {"amp": info.amp, "channels_last": info.channels_last,
+                      "device": info.device},
+        "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
     }
 
 
@@ -227,13 +237,17 @@ def model_from_payload(payload: Any, source: str = "checkpoint") -> tuple[UNet, 
     """Rebuild the model and its info from a `model_payload` dict."""
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise InputError(f"{source}: must be a segpipe model ({MODEL_FORMAT}), got {got!r}")
+        raise InputError(f"{source}: must be a segpipe model ({MODEL_FORMAT}), got {got!r}; "
+                         "train it again with this version")
     try:
         config = UNetConfig(**payload["config"])
+        precision = payload["precision"]
         info = ModelInfo(config=config, classes=tuple(payload["classes"]),
-                         image_size=int(payload["image_size"]),
                          data_fingerprint=str(payload["data_fingerprint"]),
-                         resize=str(payload.get("resize", "letterbox")))
+                         plan=Plan.from_dict(payload["plan"]), dataset=dict(payload["dataset"]),
+                         amp=bool(precision["amp"]),
+                         channels_last=bool(precision["channels_last"]),
+                         device=str(precision["device"]))
         model = UNet(config)
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -252,9 +266,10 @@ def write_torch(path: str | Path, obj: Any) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def save_model(path: str | Path, model: nn.Module, info: ModelInfo) -> None:
+def save_model(path: str | Path, model: nn.Module, info: ModelInfo,
+               state: dict[str, torch.Tensor] | None = None) -> None:
     """Write the model atomically (weights on CPU; DDP/compile wrappers removed)."""
-    write_torch(path, model_payload(model, info))
+    write_torch(path, model_payload(model, info, state))
 
 
 def load_model(

@@ -1,8 +1,8 @@
 """`segpipe predict`: palette masks (and overlays) for new images, at their original size.
 
-Each image is turned upright by its EXIF orientation, fitted to the model's training size as
-in training and predicted in batches (learn/inference.py); masks are written at the image's
-own size.
+Each image is turned upright by its EXIF orientation and predicted by the shared inference
+(learn/inference.py: the model's working scale, sliding window, blending); masks are written at
+the image's own size.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 
 from pipeline.errors import InputError
-from pipeline.learn.inference import default_workers, load_photo, predict_batch, prefetch_batches
+from pipeline.learn.inference import default_workers, load_photo, predict_mask, prefetch
 from pipeline.learn.model import ModelInfo, UNet, load_model, pick_device
 from pipeline.learn.overlay import overlay_panels
 from pipeline.progress import Progress
@@ -82,31 +81,23 @@ def _check_outputs(jobs: Sequence[Job]) -> None:
 def predict_files(model: UNet, info: ModelInfo, jobs: Sequence[Job], device: torch.device, *,
                   batch_size: int = 8, overlay: bool = False, workers: int = 1,
                   progress: bool = True) -> tuple[int, list[str]]:
-    """Write a palette mask (and an overlay) per job; returns (written, problems)."""
+    """Write a palette mask (and an overlay) per job; returns (written, problems).
+    `batch_size`: tiles per forward pass."""
     problems: list[str] = []
     written = 0
     with Progress(len(jobs), "predict", "images", enabled=progress) as bar:
-        loader = prefetch_batches(list(jobs), lambda j: load_photo(j.image, info),
-                                  batch_size, workers)
-        for batch in loader:
-            good = [(job, loaded) for job, loaded in batch if not isinstance(loaded, str)]
-            for _, loaded in batch:
-                if isinstance(loaded, str):
-                    problems.append(loaded)
-                    bar.write(f"skipped {loaded}")
-            if good:
-                fitted = np.stack([loaded[1] for _, loaded in good])
-                sizes = [loaded[0].shape[:2] for _, loaded in good]
-                preds = predict_batch(model, info, fitted, sizes, device)
-                for (job, (rgb, _)), pred in zip(good, preds, strict=True):
-                    mask = pred.to("cpu", torch.uint8).numpy()
-                    write_mask(job.mask, mask)
-                    if overlay:
-                        panels = overlay_panels(rgb, [mask], ["image", "prediction"],
-                                                info.classes)
-                        write_bytes(job.overlay, rgb_png_bytes(panels))
-                    written += 1
-            bar.update(len(batch))
+        for job, rgb in prefetch(list(jobs), lambda j: load_photo(j.image), workers):
+            bar.update()
+            if isinstance(rgb, str):
+                problems.append(rgb)
+                bar.write(f"skipped {rgb}")
+                continue
+            mask = predict_mask(model, info, rgb, device, batch_size)
+            write_mask(job.mask, mask)
+            if overlay:
+                panels = overlay_panels(rgb, [mask], ["image", "prediction"], info.classes)
+                write_bytes(job.overlay, rgb_png_bytes(panels))
+            written += 1
     return written, problems
 
 
@@ -134,7 +125,7 @@ def predict_files(model: UNet, info: ModelInfo, jobs: Sequence[Job], device: tor
               help="Folder for the masks (created when missing).")
 @click.option("--overlay", is_flag=True, help="Also write <name>.overlay.png: image | prediction.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Images per forward pass.")
+              help="Tiles per forward pass.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--workers", default=0, type=click.IntRange(min=0),

@@ -1,41 +1,39 @@
 """`segpipe train`: the U-Net training stage, a flat loop in the style of nanoGPT.
 
-    1. device and precision      2. data: uint8 caches, the loader     3. model, optimiser, loss
-    4. resume from the checkpoint 5. DVCLive
-    6. epochs: steps (augment on the device, forward, loss, backward, AdamW, warm-up + cosine
-       LR) -> val mIoU -> DVCLive -> checkpoint
-    7. the processes agree; models/model.pt
+    1. the plan (learn/plan.py) from the dataset fingerprint and the device; precision
+    2. data: uint8 caches at the working scale      3. model, EMA, optimiser, loss
+    4. resume from the checkpoint                    5. DVCLive
+    6. steps: class-aware crops -> augment on the device -> forward, loss, backward, AdamW
+       (warm-up + cosine LR) -> EMA; every val_every steps: val mIoU of the EMA weights,
+       DVCLive, checkpoint
+    7. the processes agree; models/model.pt holds the EMA weights, the plan and the fingerprint
 
-Device: `train.device: auto` picks CUDA, then MPS, then the CPU. On CUDA: bf16 autocast,
-channels_last, pinned memory and non-blocking copies, cudnn.benchmark; `train.compile` adds
-torch.compile. On the CPU: fp32 and deterministic algorithms by default (the same seed gives
-the same weights); `train.amp: bf16` turns on bf16 autocast there too (much faster on CPUs
-with AVX512-BF16/AMX).
+Device: `train.device: auto` picks CUDA, then MPS, then the CPU. `train.amp: auto` uses bf16
+autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX: 2-3x faster), fp32
+elsewhere; channels_last goes with it. On the CPU deterministic algorithms are on: the same
+seed on the same machine gives the same weights. On CUDA: pinned memory, non-blocking copies,
+cudnn.benchmark; `train.compile` adds torch.compile.
 
 Multi-GPU / multi-node: the same script under `torchrun` (one process per GPU, NCCL; gloo on
-the CPU). Each process reads its share of every global batch through a DistributedSampler;
-gradients are averaged by DDP; BatchNorm running statistics are taken from rank 0 at each
-epoch end; val metrics are summed over the processes; only rank 0 writes files. At the end
-the processes compare a hash of their weights and the run fails if they differ.
+the CPU). Step k's global batch is G = batch_size * grad_accum * W crops, drawn from
+(seed, k) alone on every process; process r's micro-batch m takes the crops at positions
+r + W*m, r + W*m + W*A, ... with the augmentation numbers drawn for those positions. So W
+processes with grad_accum A and one process with grad_accum W*A compute the same micro-batches
+and average the same gradients: their weights agree exactly (tested with 2 gloo processes vs 1
+process with grad_accum 2), except the BatchNorm running statistics, which DDP keeps per
+process (rank 0's are broadcast at every validation). Only rank 0 writes files.
 
-What a run with W processes computes exactly: step k's global batch is the sampler's
-permutation [k*G, (k+1)*G), G = batch_size * grad_accum * W. Process r's micro-batch m takes
-the samples at positions r + W*m, r + W*m + W*A, ... with the augmentation numbers drawn for
-those positions. So W processes with grad_accum A and one process with grad_accum W*A compute
-the same micro-batches and average the same gradients: their weights agree exactly (tested
-with 2 gloo processes vs 1 process with grad_accum 2), except the BatchNorm running statistics,
-which DDP keeps per process.
-
-Resume: after every epoch rank 0 writes train.checkpoint_path (weights, optimiser, LR step,
-epoch, RNG states, model config, class names, data fingerprint, the result-relevant config).
-A run starts from it when the data fingerprint and that config match, else it starts fresh and
-says why. The shuffling and augmentation of an epoch come from (seed, epoch) alone, so a run
-stopped after any epoch and resumed ends with the same weights as an uninterrupted one.
+Resume: at every validation rank 0 writes train.checkpoint_path (weights, EMA weights,
+optimiser, step, history, the result-relevant config and plan). A run starts from it when the
+data fingerprint and that config match, else it starts fresh and says why. Crops and
+augmentation of a step come from (seed, step) alone, so a run killed at any point and resumed
+ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -44,6 +42,7 @@ import pickle
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -53,8 +52,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
+from pipeline.core.fingerprint import Fingerprint
 from pipeline.core.hashing import content_hash
 from pipeline.core.manifest import (
     ManifestRow,
@@ -66,7 +65,7 @@ from pipeline.core.manifest import (
 )
 from pipeline.errors import InputError, StageFailed
 from pipeline.learn import data
-from pipeline.learn.inference import to_float
+from pipeline.learn.inference import Precision, cpu_has_bf16, logit_bands
 from pipeline.learn.losses import make_loss
 from pipeline.learn.metrics import confusion_matrix, segmentation_metrics
 from pipeline.learn.model import (
@@ -79,14 +78,15 @@ from pipeline.learn.model import (
     unwrap,
     write_torch,
 )
+from pipeline.learn.plan import Plan, make_plan
 from pipeline.params import Params, TrainParams, params_option
 from pipeline.progress import Progress
+from pipeline.storage.files import write_json
 
-TRAIN_CHECKPOINT_FORMAT = "segpipe-train/1"
+TRAIN_CHECKPOINT_FORMAT = "segpipe-train/2"
 #: TrainParams fields that do not change the weights a run ends with (not part of the resume key)
 NOT_RESULT_FIELDS = frozenset({"model_path", "checkpoint_path", "cache_dir", "log_dir",
-                               "device", "workers", "threads", "compile", "resume"})
-Autocast = Callable[[], contextlib.AbstractContextManager[Any]]
+                               "plan_path", "device", "threads", "compile", "resume"})
 
 
 @dataclass(frozen=True)
@@ -102,47 +102,30 @@ class Dist:
 
 
 @dataclass(frozen=True)
-class Precision:
-    """How the model computes: bf16 autocast or not, channels_last or not."""
-
-    amp: bool
-    channels_last: bool
-    device_type: str
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.amp)
-
-
-@dataclass(frozen=True)
 class TrainData:
     fingerprint: str  # of the manifest + split the model trains on
     train: data.Cache
     val: data.Cache | None
-    n_train: int
-    n_val: int
 
 
 @dataclass(frozen=True)
-class EpochLog:
-    epoch: int  # 1-based
-    loss: float  # mean training loss over the epoch's steps (all processes)
-    lr: float  # learning rate at the epoch's last step
-    val_miou: float  # NaN without a val split
+class ValLog:
+    step: int  # optimiser steps done
+    loss: float  # mean training loss since the previous validation (all processes)
+    lr: float  # learning rate at the last step
+    val_miou: float  # of the EMA weights at the working scale; NaN without a val split
     val_iou: tuple[float, ...]
-    seconds: float
+    seconds: float  # since the previous validation
 
 
 @dataclass(frozen=True)
 class TrainResult:
     model_path: Path
-    start_epoch: int  # epochs already done when this run started (0 = fresh)
-    epochs_done: int
-    history: tuple[EpochLog, ...]  # every epoch since the fresh start (resumed ones included)
-    weights_hash: str  # content hash of the final state_dict (equal on every process)
+    plan: Plan
+    start_step: int  # steps already done when this run started (0 = fresh)
+    steps_done: int
+    history: tuple[ValLog, ...]  # every validation since the fresh start (resumed included)
+    weights_hash: str  # content hash of the final EMA weights (equal on every process)
 
     @property
     def val_miou(self) -> float:
@@ -156,7 +139,7 @@ def train(params: Params, *, stop_after: int | None = None, progress: bool = Tru
           log: TextIO | None = None) -> TrainResult:
     """Train (or resume) the model described by params.train on the manifest + split.
 
-    stop_after: end this run after that many epochs (a checkpoint is written as usual); the
+    stop_after: end this run after that many optimiser steps (a checkpoint is written); the
     next run resumes. `log`: where status lines go (default stderr).
     """
     cfg = params.train
@@ -185,42 +168,43 @@ def _run(params: Params, env: Dist, device: torch.device, stop_after: int | None
         if env.main:
             print(text, file=log, flush=True)
 
-    # 1. device and precision
+    # 1. the data version, the plan from the dataset fingerprint, precision for this device
+    version = data_fingerprint(manifest_path(params.convert.out_dir), params.split.splits_path)
+    fingerprint = read_fingerprint(Path(params.convert.reports_dir) / "data.json")
+    plan = make_plan(fingerprint, cfg, classes, device.type)
     precision = choose_precision(cfg, device)
+    say(plan.summary())
+    for reason in plan.reasons:
+        say(f"  {reason}")
+    if env.main:
+        write_json(cfg.plan_path, {"plan": plan.to_dict(), "fingerprint": fingerprint.to_dict(),
+                                   "device": device.type, "amp": precision.amp,
+                                   "channels_last": precision.channels_last})
 
-    # 2. data: uint8 caches (rank 0 builds them, the others wait and map them), the loader
-    prepared = load_data(params, env, threads)
-    train_set = data.CachedDataset(prepared.train)
-    global_batch = cfg.batch_size * cfg.grad_accum * env.world_size
-    if len(train_set) < global_batch:
-        raise InputError(f"the train split has {len(train_set)} samples, fewer than one global "
-                         f"batch (batch_size * grad_accum * processes = {global_batch})")
-    sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank,
-                                 shuffle=True, seed=cfg.seed, drop_last=True)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size * cfg.grad_accum, sampler=sampler,
-                        drop_last=True, collate_fn=data.collate_batch, num_workers=cfg.workers,
-                        pin_memory=cuda, persistent_workers=cfg.workers > 0)
-    steps_per_epoch = len(loader)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = round(cfg.warmup * total_steps)
+    # 2. data: uint8 caches at the working scale (rank 0 builds them, the others wait)
+    prepared = load_data(params, plan, version, env, threads)
+    global_batch = plan.batch_size * cfg.grad_accum * env.world_size
     aug = data.Augment(hflip=cfg.hflip, vflip=cfg.vflip, rot90=cfg.rot90,
-                       scale_min=cfg.scale_min, scale_max=cfg.scale_max, jitter=cfg.jitter)
+                       scale_min=cfg.scale_min, scale_max=cfg.scale_max, jitter=cfg.jitter,
+                       hue=cfg.hue, blur=cfg.blur)
 
-    # 3. model, optimiser (no weight decay on BatchNorm and biases), loss
-    config = UNetConfig(n_classes=len(classes), depth=cfg.depth, base_width=cfg.base_width,
+    # 3. model, its EMA, optimiser (no weight decay on BatchNorm and biases), loss
+    config = UNetConfig(n_classes=len(classes), depth=plan.depth, base_width=plan.base_width,
                         upsample=cfg.upsample)
-    info = ModelInfo(config=config, classes=classes, image_size=cfg.image_size,
-                     data_fingerprint=prepared.fingerprint, resize=cfg.resize)
+    info = ModelInfo(config=config, classes=classes, data_fingerprint=prepared.fingerprint,
+                     plan=plan, dataset=fingerprint.to_dict(), amp=precision.amp,
+                     channels_last=precision.channels_last, device=device.type)
     torch.manual_seed(cfg.seed)
     raw_model = UNet(config).to(device, memory_format=precision.memory_format)
+    ema = copy.deepcopy(raw_model).eval()  # the weights that are evaluated and saved
     optimizer = make_optimizer(raw_model, cfg, fused=cuda)
     loss_fn = make_loss(cfg.loss, len(classes), cfg.class_weights, device)
 
-    # 4. resume from the checkpoint when it was made with this data and config
-    key = resume_key(cfg, classes, env.world_size)
+    # 4. resume from the checkpoint when it was made with this data, config and plan
+    key = resume_key(cfg, plan, classes, env.world_size)
     ckpt_path = Path(cfg.checkpoint_path)
-    start_epoch, history = resume(ckpt_path, raw_model, optimizer, prepared.fingerprint, key,
-                                  cfg, device, say)
+    start, history = resume(ckpt_path, raw_model, ema, optimizer, prepared.fingerprint, key,
+                            cfg.resume, plan.steps, say)
     model: nn.Module = raw_model
     if env.world_size > 1:
         model = DistributedDataParallel(raw_model, device_ids=[device.index] if cuda else None)
@@ -228,87 +212,82 @@ def _run(params: Params, env: Dist, device: torch.device, stop_after: int | None
         model = torch.compile(model)
 
     # 5. DVCLive (rank 0 only)
-    live = open_live(cfg.log_dir, resume=start_epoch > 0) if env.main else None
-    say(f"train: {prepared.n_train} train / {prepared.n_val} val images at "
-        f"{cfg.image_size}px on {device} ({env.world_size} process(es), {threads} thread(s) "
-        f"each, amp={'bf16' if precision.amp else 'off'}, "
-        f"channels_last={precision.channels_last}), {steps_per_epoch} steps/epoch, "
-        f"global batch {global_batch}")
+    live = open_live(cfg.log_dir, resume=start > 0) if env.main else None
+    say(f"train: {len(prepared.train)} train / {len(prepared.val or ())} val images on "
+        f"{device} ({env.world_size} process(es), {threads} thread(s) each, "
+        f"amp={'bf16' if precision.amp else 'off'}, channels_last={precision.channels_last}), "
+        f"global batch {global_batch}, steps {start}..{plan.steps}")
 
     # 6. the loop
-    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
-    bar = Progress((end_epoch - start_epoch) * steps_per_epoch, "train", "steps",
-                   enabled=env.main and progress, stream=log)
-    slots = cfg.grad_accum * env.world_size
-    lr = cfg.lr
-    for epoch in range(start_epoch, end_epoch):
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        generator = data.epoch_generator(cfg.seed, epoch)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        for i, (images, masks) in enumerate(loader):
-            step = epoch * steps_per_epoch + i
-            lr = lr_at(step, total_steps, warmup_steps, cfg.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            draws = data.draw_augment(global_batch, generator)  # same numbers on every process
-            images = images.to(device, non_blocking=True)
-            masks = masks.to(device, non_blocking=True)
-            for m in range(cfg.grad_accum):
-                slot = env.rank + env.world_size * m
-                x, y = data.apply_augment(images[m::cfg.grad_accum], masks[m::cfg.grad_accum],
-                                          aug, draws[slot::slots])
-                x = x.contiguous(memory_format=precision.memory_format)
-                last = m == cfg.grad_accum - 1
-                # DDP: average the gradients once, after the last micro-batch
-                sync = model.no_sync() if env.world_size > 1 and not last and hasattr(
-                    model, "no_sync") else contextlib.nullcontext()
-                with sync:
-                    with precision.autocast():
-                        logits = model(x)
-                    loss = loss_fn(logits, y) / cfg.grad_accum
-                    loss.backward()
-                loss_sum += loss.detach()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            bar.update(1)
-            if env.main and (i % 10 == 0 or i == steps_per_epoch - 1):
-                seen = (i + 1) * global_batch
-                bar.note(epoch=f"{epoch + 1}/{cfg.epochs}", step=step + 1,
-                         loss=f"{loss.item() * cfg.grad_accum:.3f}",
-                         img_s=f"{seen / (time.perf_counter() - t0):.1f}")
+    end = plan.steps if stop_after is None else min(plan.steps, start + stop_after)
+    bar = Progress(end - start, "train", "steps", enabled=env.main and progress, stream=log)
+    lr, loss_sum, losses, t0 = plan.lr, torch.zeros((), device=device), 0, time.perf_counter()
+    model.train()
+    batches = prefetched(prepared.train, plan, aug, cfg.seed, range(start, end), global_batch,
+                         env, cfg.grad_accum, cuda)
+    for step, micro in zip(range(start, end), batches, strict=True):
+        lr = lr_at(step, plan.steps, plan.warmup_steps, plan.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for m, (windows, masks, draws) in enumerate(micro):
+            x, y = data.apply_augment(windows.to(device, non_blocking=True),
+                                      masks.to(device, non_blocking=True), aug, draws,
+                                      plan.patch)
+            x = x.contiguous(memory_format=precision.memory_format)
+            last = m == cfg.grad_accum - 1
+            # DDP: average the gradients once, after the last micro-batch
+            sync = model.no_sync() if env.world_size > 1 and not last and hasattr(
+                model, "no_sync") else contextlib.nullcontext()
+            with sync:
+                with precision.autocast(device):
+                    logits = model(x)
+                loss = loss_fn(logits, y) / cfg.grad_accum
+                loss.backward()
+            loss_sum += loss.detach()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        # EMA of the weights: evaluated and saved, it smooths the last steps' noise (the
+        # decay warms up so the first steps are not averaged with the random init)
+        update_ema(ema, raw_model, min(plan.ema_decay, (1 + step) / (10 + step)))
+        losses += 1
+        bar.update(1)
+        if env.main and (step % 10 == 0 or step == end - 1):
+            bar.note(step=f"{step + 1}/{plan.steps}",
+                     loss=f"{loss.item() * cfg.grad_accum:.3f}")
 
-        # epoch end: BatchNorm statistics from rank 0, mean loss, val mIoU on all ranks
+        # every val_every steps, and at the end: BatchNorm statistics from rank 0, mean loss,
+        # val mIoU of the EMA weights (all ranks), DVCLive, checkpoint
+        done = step + 1
+        if done % plan.val_every and done != end:
+            continue
         if env.world_size > 1:
-            for buffer in raw_model.buffers():
-                dist.broadcast(buffer, 0)
+            for tensors in (raw_model.buffers(), ema.buffers()):
+                for buffer in tensors:
+                    dist.broadcast(buffer, 0)
             dist.all_reduce(loss_sum)
-        mean_loss = loss_sum.item() / (steps_per_epoch * env.world_size)
-        miou, ious = validation_scores(raw_model, prepared.val, classes, device, env,
-                                       cfg.batch_size, precision)
-        entry = EpochLog(epoch=epoch + 1, loss=mean_loss, lr=lr, val_miou=miou, val_iou=ious,
-                         seconds=time.perf_counter() - t0)
+        mean_loss = loss_sum.item() / (losses * env.world_size)
+        miou, ious = validation_scores(ema, prepared.val, classes, device, env, plan, precision)
+        entry = ValLog(step=done, loss=mean_loss, lr=lr, val_miou=miou, val_iou=ious,
+                       seconds=time.perf_counter() - t0)
         history.append(entry)
         if env.main:
-            log_epoch(live, entry, classes)
-            save_checkpoint(ckpt_path, raw_model, optimizer, info, key, epoch + 1,
-                            (epoch + 1) * steps_per_epoch, history, cuda)
-        if env.main:
-            bar.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {mean_loss:.4f}, lr {lr:.2e}, "
-                      f"val mIoU {miou:.4f} ({entry.seconds:.1f} s)")
+            log_validation(live, entry, classes)
+            save_checkpoint(ckpt_path, raw_model, ema, optimizer, info, key, done, history)
+        bar.write(f"step {done}/{plan.steps}: loss {mean_loss:.4f}, lr {lr:.2e}, val mIoU "
+                  f"{miou:.4f} (EMA weights, {entry.seconds:.1f} s)")
+        loss_sum, losses, t0 = torch.zeros((), device=device), 0, time.perf_counter()
     bar.close()
 
-    # 7. the end: processes must agree; rank 0 writes the model
-    digest = agree_on_weights(raw_model, env, say)
-    done = history[-1].epoch if history else 0
-    if env.main and done == cfg.epochs:
-        save_model(cfg.model_path, raw_model, info)
+    # 7. the end: processes must agree; rank 0 writes the EMA model
+    digest = agree_on_weights(ema, env, say)
+    done = history[-1].step if history else 0
+    if env.main and done == plan.steps:
+        save_model(cfg.model_path, ema, info)
         say(f"wrote {cfg.model_path} (val mIoU {history[-1].val_miou:.4f})")
     if live is not None:
         live.end()
-    return TrainResult(model_path=Path(cfg.model_path), start_epoch=start_epoch,
-                       epochs_done=done, history=tuple(history), weights_hash=digest)
+    return TrainResult(model_path=Path(cfg.model_path), plan=plan, start_step=start,
+                       steps_done=done, history=tuple(history), weights_hash=digest)
 
 
 # ---------------------------------------------------------------- the steps
@@ -341,21 +320,34 @@ def torch_settings(threads: int, deterministic: bool, benchmark: bool) -> Iterat
         torch.backends.cudnn.benchmark = saved[3]
 
 
+def read_fingerprint(path: Path) -> Fingerprint:
+    """The dataset fingerprint convert wrote into reports/data.json."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return Fingerprint.from_dict(raw["fingerprint"])
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found; run `segpipe convert` first (it writes the "
+                         "dataset fingerprint the training plan comes from)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: must hold the dataset fingerprint convert writes, got "
+                         f"{type(exc).__name__}: {exc}; run `segpipe convert` again") from None
+
+
 def choose_precision(cfg: TrainParams, device: torch.device) -> Precision:
-    """bf16 autocast and channels_last: on CUDA by default (`auto`), or as the params say."""
-    cuda = device.type == "cuda"
-    return Precision(amp=cfg.amp == "bf16" or (cfg.amp == "auto" and cuda),
-                     channels_last=cfg.channels_last == "on"
-                     or (cfg.channels_last == "auto" and cuda),
-                     device_type=device.type)
+    """bf16 autocast where it is native (CUDA; CPUs with AVX512-BF16/AMX), else fp32;
+    channels_last with it (it is what makes bf16 convolutions fast on the CPU)."""
+    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and native)
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and amp)
+    return Precision(amp=amp, channels_last=channels_last)
 
 
-def load_data(params: Params, env: Dist, threads: int) -> TrainData:
+def load_data(params: Params, plan: Plan, version: str, env: Dist, threads: int
+              ) -> TrainData:
     """The train and val rows of the manifest, resized once into uint8 caches. Rank 0 builds
     the caches while the other processes wait, then they map them."""
     cfg = params.train
     manifest_csv, splits_csv = manifest_path(params.convert.out_dir), params.split.splits_path
-    fingerprint = data_fingerprint(manifest_csv, splits_csv)
     manifest = read_manifest(manifest_csv, params.labels.classes)
     splits = read_splits(splits_csv)
     if splits is None:
@@ -368,15 +360,58 @@ def load_data(params: Params, env: Dist, threads: int) -> TrainData:
             for split, chosen in rows.items():
                 if chosen:
                     caches[split] = data.build_cache(
-                        chosen, manifest.root, cfg.image_size, cfg.cache_dir, split=split,
-                        resize=cfg.resize, n_classes=len(params.labels.classes),
-                        threads=threads)
+                        chosen, manifest.root, plan, cfg.cache_dir, split=split,
+                        n_classes=len(params.labels.classes), threads=threads)
         if env.world_size > 1:
             dist.barrier()
     if "train" not in caches:
         raise InputError(f"{splits_csv}: split 'train' has no samples")
-    return TrainData(fingerprint, caches["train"], caches.get("val"), len(rows["train"]),
-                     len(rows["val"]))
+    return TrainData(version, caches["train"], caches.get("val"))
+
+
+Micro = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # windows, masks, augment draws
+
+
+def step_batch(cache: data.Cache, plan: Plan, aug: data.Augment, seed: int, step: int,
+               global_batch: int, env: Dist, grad_accum: int, pin: bool) -> list[Micro]:
+    """This process's micro-batches of one step: the global batch's crops and augmentation
+    numbers are drawn from (seed, step) alone; this process takes every (W * A)-th of them."""
+    crops = data.draw_crops(cache, plan, global_batch, data.step_rng(seed, step))
+    draws = data.draw_augment(global_batch, torch.Generator().manual_seed(
+        int(seed) * 1_000_003 + int(step) + 1))
+    slots = grad_accum * env.world_size
+    window = data.window_size(plan, aug)
+    micro = []
+    for m in range(grad_accum):
+        mine = slice(env.rank + env.world_size * m, None, slots)
+        part = data.Crops(crops.image[mine], crops.y[mine], crops.x[mine])
+        windows, masks = data.extract(cache, part, window)
+        if pin:
+            windows, masks = windows.pin_memory(), masks.pin_memory()
+        micro.append((windows, masks, draws[mine]))
+    return micro
+
+
+def prefetched(cache: data.Cache, plan: Plan, aug: data.Augment, seed: int, steps: range,
+               global_batch: int, env: Dist, grad_accum: int, pin: bool
+               ) -> Iterator[list[Micro]]:
+    """`step_batch` for each step, the next two prepared in a thread while this one trains
+    (crops are numpy slices of the memory-mapped cache: the step never waits on decoding)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: list[Future[list[Micro]]] = []
+        todo = iter(steps)
+        for _ in range(2):
+            step = next(todo, None)
+            if step is not None:
+                pending.append(pool.submit(step_batch, cache, plan, aug, seed, step,
+                                           global_batch, env, grad_accum, pin))
+        while pending:
+            batch = pending.pop(0).result()
+            step = next(todo, None)
+            if step is not None:
+                pending.append(pool.submit(step_batch, cache, plan, aug, seed, step,
+                                           global_batch, env, grad_accum, pin))
+            yield batch
 
 
 def make_optimizer(model: nn.Module, cfg: TrainParams, fused: bool) -> torch.optim.Optimizer:
@@ -388,11 +423,22 @@ def make_optimizer(model: nn.Module, cfg: TrainParams, fused: bool) -> torch.opt
          {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=fused or None)
 
 
-def resume_key(cfg: TrainParams, classes: tuple[str, ...], world_size: int) -> str:
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * model, for every weight and floating buffer."""
+    for e, m in zip(ema.state_dict().values(), unwrap(model).state_dict().values(), strict=True):
+        if e.dtype.is_floating_point:
+            e.mul_(decay).add_(m.detach(), alpha=1.0 - decay)
+        else:
+            e.copy_(m)
+
+
+def resume_key(cfg: TrainParams, plan: Plan, classes: tuple[str, ...], world_size: int) -> str:
     """The config a checkpoint must match to be resumed (JSON, stable)."""
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RESULT_FIELDS}
-    return json.dumps({**fields, "classes": list(classes), "world_size": world_size},
-                      sort_keys=True)
+    planned = {k: v for k, v in plan.to_dict().items() if k != "reasons"}
+    return json.dumps({**fields, "plan": planned, "classes": list(classes),
+                       "world_size": world_size}, sort_keys=True)
 
 
 def load_checkpoint(path: Path, fingerprint: str, key: str) -> tuple[dict[str, Any] | None, str]:
@@ -408,28 +454,26 @@ def load_checkpoint(path: Path, fingerprint: str, key: str) -> tuple[dict[str, A
     if ckpt.get("data_fingerprint") != fingerprint:
         return None, f"{path} was trained on other data (fingerprint differs)"
     if ckpt.get("resume_key") != key:
-        return None, f"{path} was trained with another train config"
+        return None, f"{path} was trained with another train config or plan"
     return ckpt, ""
 
 
-def resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str,
-           key: str, cfg: TrainParams, device: torch.device, say: Callable[[str], None]
-           ) -> tuple[int, list[EpochLog]]:
-    """Load the checkpoint into model and optimiser when it can be resumed (and the torch RNG
-    state it saved); returns (epochs done, their logs), (0, []) for a fresh start."""
-    ckpt, why = load_checkpoint(path, fingerprint, key) if cfg.resume else (None, "off")
+def resume(path: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
+           fingerprint: str, key: str, enabled: bool, total: int, say: Callable[[str], None]
+           ) -> tuple[int, list[ValLog]]:
+    """Load the checkpoint into model, EMA and optimiser when it can be resumed; returns
+    (steps done, their validation logs), (0, []) for a fresh start."""
+    ckpt, why = load_checkpoint(path, fingerprint, key) if enabled else (None, "off")
     if ckpt is None:
         if path.exists() or why != "no checkpoint":
             say(f"starting fresh: {why}")
         return 0, []
     model.load_state_dict(ckpt["model"]["state_dict"])
+    ema.load_state_dict(ckpt["ema"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    start = int(ckpt["epoch"])
-    say(f"resuming from {path} after epoch {start}/{cfg.epochs}")
-    return start, [EpochLog(**{**h, "val_iou": tuple(h["val_iou"])}) for h in ckpt["history"]]
+    start = int(ckpt["step"])
+    say(f"resuming from {path} after step {start}/{total}")
+    return start, [ValLog(**{**h, "val_iou": tuple(h["val_iou"])}) for h in ckpt["history"]]
 
 
 def open_live(log_dir: str, resume: bool) -> Any:
@@ -450,34 +494,29 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float) -> float:
 
 @torch.no_grad()
 def validation_scores(model: nn.Module, cache: data.Cache | None, classes: tuple[str, ...],
-                      device: torch.device, env: Dist, batch_size: int, precision: Precision
+                      device: torch.device, env: Dist, plan: Plan, precision: Precision
                       ) -> tuple[float, tuple[float, ...]]:
-    """mIoU and per-class IoU on the val cache (each process takes every W-th image; the
-    confusion matrices are summed). NaN when there is no val split."""
+    """mIoU and per-class IoU on the val cache at the working scale, by the same sliding
+    window as inference (each process takes every W-th image; the confusion matrices are
+    summed). NaN when there is no val split."""
     n = len(classes)
     if cache is None:
         return math.nan, (math.nan,) * n
-    dataset = data.CachedDataset(cache)
-    mine = list(range(env.rank, len(dataset), env.world_size))
     confusion = torch.zeros(n, n, dtype=torch.int64, device=device)
-    was_training = model.training
     model.eval()
-    for start in range(0, len(mine), batch_size):
-        images, masks = dataset.__getitems__(mine[start:start + batch_size])
-        x = to_float(images.to(device, non_blocking=True)).contiguous(
-            memory_format=precision.memory_format)
-        with precision.autocast():
-            pred = model(x).argmax(dim=1)
-        confusion += confusion_matrix(masks.to(device).long(), pred, n)
-    model.train(was_training)
+    for i in range(env.rank, len(cache), env.world_size):
+        mask = torch.from_numpy(cache.mask(i).copy()).to(device)
+        for row, band in logit_bands(model, cache.image(i), plan.patch, device, precision):
+            pred = band.argmax(0)
+            confusion += confusion_matrix(mask[row:row + pred.shape[0]].long(), pred, n)
     if env.world_size > 1:
         dist.all_reduce(confusion)
     metrics = segmentation_metrics(confusion, classes)
     return metrics.miou, tuple(metrics.iou)
 
 
-def log_epoch(live: Any, entry: EpochLog, classes: tuple[str, ...]) -> None:
-    live.step = entry.epoch - 1
+def log_validation(live: Any, entry: ValLog, classes: tuple[str, ...]) -> None:
+    live.step = entry.step
     live.log_metric("train/loss", entry.loss)
     live.log_metric("train/lr", entry.lr)
     if not math.isnan(entry.val_miou):
@@ -488,19 +527,17 @@ def log_epoch(live: Any, entry: EpochLog, classes: tuple[str, ...]) -> None:
     live.next_step()
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    info: ModelInfo, key: str, epoch: int, step: int,
-                    history: list[EpochLog], cuda: bool) -> None:
-    """What a killed run needs to continue exactly: weights, optimiser, epoch, torch RNG."""
-    rng = {"torch": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state() if cuda else None}
+def save_checkpoint(path: Path, model: nn.Module, ema: nn.Module,
+                    optimizer: torch.optim.Optimizer, info: ModelInfo, key: str, step: int,
+                    history: list[ValLog]) -> None:
+    """What a killed run needs to continue exactly: weights, EMA, optimiser, step. (No RNG
+    state: every step's random numbers come from (seed, step).)"""
     ckpt = {
         "format": TRAIN_CHECKPOINT_FORMAT,
         "model": model_payload(model, info),
+        "ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()},
         "optimizer": optimizer.state_dict(),
-        "scheduler": {"step": step},  # the LR is a pure function of the step (lr_at)
-        "epoch": epoch,
-        "rng": rng,
+        "step": step,
         "data_fingerprint": info.data_fingerprint,
         "resume_key": key,
         "history": [dataclasses.asdict(h) for h in history],
@@ -534,14 +571,16 @@ def agree_on_weights(model: nn.Module, env: Dist, say: Callable[[str], None]) ->
 
 @click.command("train", help="""Train the U-Net on the train split; write train.model_path.
 
-Reads <convert.out_dir>/manifest.csv and split.splits_path; resizes the images once into a
-uint8 cache under train.cache_dir; logs loss, LR and val mIoU per epoch with DVCLive to
-train.log_dir; writes a checkpoint after every epoch to train.checkpoint_path and resumes
-from it when data and config match. Uses CUDA, then MPS, then the CPU (train.device).
+Plans the run from the dataset fingerprint in <convert.reports_dir>/data.json (working scale,
+patch, batch, steps, crop sampling; every choice printed, written to train.plan_path and
+stored with the model; each one can be set in params.yaml). Resizes the images once into a
+uint8 cache under train.cache_dir; logs loss, LR and val mIoU with DVCLive to train.log_dir;
+writes a checkpoint at every validation to train.checkpoint_path and resumes from it when data,
+config and plan match. Uses CUDA, then MPS, then the CPU (train.device).
 Multi-GPU: torchrun --nproc_per_node N -m pipeline train.""")
 @params_option
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
-              help="Stop after this many epochs (checkpoint written); the next run resumes.")
+              help="Stop after this many steps (checkpoint written); the next run resumes.")
 def command(params: Params, stop_after: int | None) -> int:
     train(params, stop_after=stop_after)
     return 0
