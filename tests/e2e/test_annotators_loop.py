@@ -44,10 +44,10 @@ convert:
 split:
   benchmark: data/benchmark.txt
 train:
-  image_size: 64
+  patch: 64
   depth: 3
   base_width: 8
-  epochs: 8
+  steps: 150
   batch_size: 8
   lr: 0.01
   threads: 2
@@ -134,8 +134,8 @@ def tag_whole_frames(raw: Path, batch: demo.DemoSummary, tagger: str) -> list[st
         name = Path(sample_id).name
         folder = raw / "tagged" / tagger
         folder.mkdir(parents=True, exist_ok=True)
-        tagged = demo.Frame(f"tagged/{tagger}/{name}", frame.scene, frame.width, frame.height,
-                            frame.ext, "voc", False, frame.version, ())
+        tagged = demo.DemoFrame(f"tagged/{tagger}/{name}", frame.scene, frame.width,
+                                frame.height, frame.ext, "voc", False, frame.version, ())
         whole = demo.DemoShape("square", "square", "box",
                                ((1.0, 1.0), (float(frame.width), float(frame.height))), (0, 0, 0))
         (folder / f"{name}.{frame.ext}").write_bytes(batch.files[image])

@@ -7,8 +7,9 @@ What is exactly checkable (and checked):
   per-process batch: both compute the same micro-batches (process r / micro-batch m take the
   same samples and augmentations), average the same two gradients ((g0 + g1) / 2 is exact in
   floating point either way) and take the same AdamW steps.
-Not compared: the BatchNorm running statistics and counters, which DDP keeps per process
-(rank 0's are kept at each epoch end) while one process updates them with both micro-batches.
+Both for the raw weights and their EMA (which the model file holds). Not compared: the
+BatchNorm running statistics and counters, which DDP keeps per process (rank 0's are kept at
+each validation) while one process updates them with both micro-batches.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ def _free_port() -> int:
 
 
 def test_two_gloo_processes_match_one_process_with_grad_accum(tmp_path: Path) -> None:
-    make_dataset(tmp_path, n=12, n_val=3)  # 9 train images: 2 steps of 4, one left out
-    common = {"epochs": 2, "batch_size": 2, "threads": 1, "jitter": 0.1}
+    make_dataset(tmp_path, n=12, n_val=3)
+    common = {"steps": 4, "val_every": 2, "batch_size": 2, "threads": 1, "jitter": 0.1}
     ddp = tiny_params(tmp_path, model_path="ddp/model.pt", checkpoint_path="ddp/ckpt.pt",
-                      log_dir="ddp/logs", **common)
+                      log_dir="ddp/logs", plan_path="ddp/plan.json", **common)
     params_file = tmp_path / "ddp.yaml"
     params_file.write_text(yaml.safe_dump(ddp))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
@@ -54,22 +55,23 @@ def test_two_gloo_processes_match_one_process_with_grad_accum(tmp_path: Path) ->
     assert agree, done.stderr[-3000:]
     assert "2 process(es)" in done.stderr and "global batch 4" in done.stderr
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["ckpt.pt", "logs",
-                                                                     "model.pt"]
+                                                                     "model.pt", "plan.json"]
 
     single = train(parse_params(tiny_params(
         tmp_path, model_path="one/model.pt", checkpoint_path="one/ckpt.pt", log_dir="one/logs",
-        grad_accum=2, **common)), progress=False)
-    assert single.epochs_done == 2
+        plan_path="one/plan.json", grad_accum=2, **common)), progress=False)
+    assert single.steps_done == 4
 
-    ddp_state = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)["state_dict"]
-    one_state = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["state_dict"]
-    assert list(ddp_state) == list(one_state)
-    compared = 0
-    for name, value in ddp_state.items():
-        if name.endswith(STATS):
-            continue
-        assert torch.equal(value, one_state[name]), name
-        compared += 1
-    assert compared == 10 + 2 * 10 + 2  # 10 convs, their BatchNorms' weight + bias, OutConv
-    ckpt = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)
-    assert ckpt["epoch"] == 2 and ckpt["scheduler"] == {"step": 4}
+    ddp_ckpt = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)
+    one_ckpt = torch.load(tmp_path / "one" / "ckpt.pt", weights_only=True)
+    assert ddp_ckpt["step"] == 4
+    for ddp_state, one_state in ((ddp_ckpt["model"]["state_dict"], one_ckpt["model"]["state_dict"]),
+                                 (ddp_ckpt["ema"], one_ckpt["ema"])):
+        assert list(ddp_state) == list(one_state)
+        compared = 0
+        for name, value in ddp_state.items():
+            if name.endswith(STATS):
+                continue
+            assert torch.equal(value, one_state[name]), name
+            compared += 1
+        assert compared == 10 + 2 * 10 + 2  # 10 convs, their BatchNorms' weight + bias, OutConv

@@ -4,16 +4,19 @@ class-index masks, manifest.csv, splits.csv) and params to train on it in second
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from pipeline.core.fingerprint import fingerprint, object_stats
 from pipeline.core.hashing import content_hash
-from pipeline.core.manifest import IGNORE_COLUMN, pixel_column
+from pipeline.core.manifest import IGNORE_COLUMN, pixel_column, read_manifest
 from pipeline.core.records import IGNORE
-from pipeline.storage.masks import write_mask
+from pipeline.learn.plan import Plan
+from pipeline.storage.masks import read_mask, write_mask
 
 CLASSES = ("background", "square", "disc")
 COLOURS = {1: (220, 40, 40), 2: (40, 60, 220)}
@@ -54,6 +57,7 @@ def make_dataset(root: Path, n: int = 12, n_val: int = 4, size: tuple[int, int] 
     splits_csv.parent.mkdir(parents=True, exist_ok=True)
     write_table(manifest_csv, rows)
     write_table(splits_csv, split_rows)
+    write_fingerprint(root, manifest_csv)
     return manifest_csv, splits_csv
 
 
@@ -85,13 +89,40 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def tiny_params(root: Path, **train: Any) -> dict[str, Any]:
-    """params.yaml content for the tiny dataset under root (paths relative to root)."""
-    section = {"image_size": 32, "depth": 2, "base_width": 4, "epochs": 3, "batch_size": 4,
-               "lr": 0.01, "threads": 1, "seed": 0, "model_path": "models/model.pt",
-               "checkpoint_path": "models/checkpoint.pt", "cache_dir": "cache",
-               "log_dir": "reports/train"}
+    """params.yaml content for the tiny dataset under root (paths relative to root): a plan
+    of 12 steps of 4 crops of 16 px, validated every 4 steps, on a 2-level U-Net of width 4."""
+    section = {"patch": 16, "depth": 2, "base_width": 4, "steps": 12, "batch_size": 4,
+               "val_every": 4, "lr": 0.01, "threads": 1, "seed": 0,
+               "model_path": "models/model.pt", "checkpoint_path": "models/checkpoint.pt",
+               "cache_dir": "cache", "log_dir": "reports/train", "plan_path": "reports/plan.json"}
     section.update(train)
-    return {"classes": list(CLASSES), "convert": {"out_dir": str(root / "prepared")},
+    return {"classes": list(CLASSES),
+            "convert": {"out_dir": str(root / "prepared"), "reports_dir": str(root / "reports")},
             "split": {"splits_path": str(root / "splits" / "splits.csv")},
             "train": {k: str(root / v) if k.endswith(("_path", "_dir")) else v
                       for k, v in section.items()}}
+
+
+def tiny_plan(**overrides: Any) -> Plan:
+    """A plan for the tiny dataset: its own size, 16 px patches, 4 crops per step."""
+    values: dict[str, Any] = {
+        "scale_mode": "absolute", "scale": 1.0, "long_side": 32, "patch": 16, "batch_size": 4,
+        "steps": 12, "depth": 2, "base_width": 4, "fg_share": 0.33,
+        "class_weights": (0.0, 1.0, 1.0), "lr": 0.01, "warmup_steps": 1, "ema_decay": 0.9,
+        "val_every": 4}
+    values.update(overrides)
+    return Plan(**values)
+
+
+def write_fingerprint(root: Path, manifest_csv: Path) -> None:
+    """reports/data.json with the fingerprint of the dataset (what convert writes)."""
+    manifest = read_manifest(manifest_csv, CLASSES)
+    sizes, stats = [], []
+    for row in manifest.rows:
+        sizes.append((row.width, row.height))
+        stats.append(object_stats(read_mask(manifest.root / row.mask), len(CLASSES)))
+    pixels = dict(zip(CLASSES, manifest.pixel_counts().sum(axis=0).tolist(), strict=True))
+    path = root / "reports" / "data.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"fingerprint": fingerprint(sizes, stats, pixels,
+                                                           CLASSES).to_dict()}))

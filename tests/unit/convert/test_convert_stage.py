@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import io as stdio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -122,7 +123,19 @@ def test_converts_and_writes_every_output(project: Path) -> None:
             "circle": {"images": 1, "pixel_share": round(12 / 140, 6)},
             "square": {"images": 1, "pixel_share": round(16 / 140, 6)},
             "triangle": {"images": 0, "pixel_share": 0.0},
-            "star": {"images": 0, "pixel_share": 0.0}}}
+            "star": {"images": 0, "pixel_share": 0.0}},
+        # what the training plan is derived from: sizes, and each class's objects (a 4x3 and a
+        # 4x4 box: widest 3 and 4 px, measured as 2 x (distance to the outside) - 1 = 3)
+        "fingerprint": {
+            "images": 2, "long_side": [8.2, 9.0, 9.8], "short_side": [8.0, 8.0, 8.0],
+            "size_spread": round((math.log2(10) - math.log2(8)) / 2, 4),
+            "classes": {
+                "circle": {"images": 1, "pixel_share": round(12 / 140, 6), "objects": 1,
+                           "area": 12.0, "thickness": 3.0, "relative_area": 0.15,
+                           "area_spread": 0.0, "relative_spread": 0.0},
+                "square": {"images": 1, "pixel_share": round(16 / 140, 6), "objects": 1,
+                           "area": 16.0, "thickness": 3.0, "relative_area": 0.25,
+                           "area_spread": 0.0, "relative_spread": 0.0}}}}
     assert issues(project) == [("params.yaml", None, "class_without_samples", "warning")] * 2
     report = (project / "reports/validation.md").read_text()
     assert "| converted | 2 |" in report and "## Errors (0)" in report

@@ -57,7 +57,8 @@ def test_missing_file_column_or_bad_count_are_clear_errors(tmp_path: Path) -> No
     with pytest.raises(InputError, match=r"must have the columns \['px.tree'\]"):
         read_manifest(path, (*CLASSES, "tree"))
     write_manifest(path, [{"id": "a", "px.cat": "many"}])
-    with pytest.raises(InputError, match=r"px\.<class> columns must hold integer pixel counts"):
+    with pytest.raises(InputError,
+                       match=r"width, height and px\.<class> must hold integers, got a row 'a'"):
         read_manifest(path, CLASSES)
     write_manifest(path, [{"id": "a"}, {"id": "a"}])
     with pytest.raises(InputError, match=r"ids must be unique, got 1 repeated: \['a'\]"):

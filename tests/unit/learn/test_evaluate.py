@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.learn import manifest_row, write_table
+from helpers.learn import manifest_row, tiny_plan, write_table
 from PIL import Image
 
 from pipeline.core.hashing import content_hash
@@ -83,7 +83,8 @@ def _model(root: Path, constant: int | None = None, seed: int = 0) -> UNet:
     prepared = root / "data" / "prepared"
     fp = data_fingerprint(prepared / "manifest.csv", root / "data" / "splits" / "splits.csv")
     save_model(root / "models" / "model.pt", model.eval(),
-               ModelInfo(model.config, CLASSES, image_size=16, data_fingerprint=fp))
+               ModelInfo(model.config, CLASSES, data_fingerprint=fp,
+                         plan=tiny_plan(patch=16)))
     return model
 
 

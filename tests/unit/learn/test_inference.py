@@ -1,47 +1,137 @@
-"""learn/inference.py: fitting images to the model's size and back, the sample loader."""
+"""learn/inference.py: the sliding window, its blending, banded upsampling, predict_mask."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from helpers.learn import tiny_plan
+from torch import nn
 
-from pipeline.core.records import IGNORE
-from pipeline.learn.inference import Box, fit_box, fit_image, fit_mask, unfit_logits
+from pipeline.learn.inference import (
+    full_logits,
+    logit_bands,
+    predict_mask,
+    tile_starts,
+    tile_weight,
+    upsample_bands,
+)
+from pipeline.learn.model import ModelInfo, UNetConfig
 
-
-def test_letterbox_keeps_aspect_and_fills_the_border_with_ignore() -> None:
-    assert fit_box(28, 40, 20) == Box(top=3, left=0, height=14, width=20)
-    assert fit_box(40, 28, 20) == Box(top=0, left=3, height=20, width=14)
-    assert fit_box(28, 40, 20, "stretch") == Box(0, 0, 20, 20)
-    mask = np.zeros((28, 40), np.uint8)
-    mask[:, 20:] = 2
-    fitted = fit_mask(mask, 20)
-    assert fitted.shape == (20, 20) and fitted.dtype == np.uint8
-    assert (fitted[:3] == IGNORE).all() and (fitted[17:] == IGNORE).all()
-    assert (fitted[3:17, :10] == 0).all() and (fitted[3:17, 10:] == 2).all()
-    image = np.full((28, 40, 3), 200, np.uint8)
-    fitted_image = fit_image(image, 20)
-    assert (fitted_image[:3] == 0).all() and (fitted_image[3:17] == 200).all()
-    assert fit_image(image, 20, "stretch").min() == 200
-    with pytest.raises(ValueError, match="resize must be one of"):
-        fit_box(28, 40, 20, "crop")
+CPU = torch.device("cpu")
 
 
-def test_nearest_resize_keeps_mask_values_exact() -> None:
-    rng = np.random.default_rng(1)
-    mask = rng.choice(np.array([0, 1, 2, IGNORE], np.uint8), size=(37, 53))
-    for size in (16, 24, 64):
-        # nearest neighbour: output pixel i takes source pixel floor((i + 0.5) * src / size)
-        rows = np.minimum(((np.arange(size) + 0.5) * 37 / size).astype(int), 36)
-        cols = np.minimum(((np.arange(size) + 0.5) * 53 / size).astype(int), 52)
-        np.testing.assert_array_equal(fit_mask(mask, size, "stretch"), mask[rows][:, cols])
+class Local(nn.Module):
+    """A model whose output at a pixel depends on that pixel only (a 1 x 1 convolution)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 3, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
 
 
-def test_unfit_logits_maps_back_to_the_original_frame() -> None:
-    logits = torch.zeros(1, 2, 20, 20)
-    logits[:, 1, 3:17, 10:] = 5.0  # right half of the letterboxed 40x28 image
-    back = unfit_logits(logits, 28, 40)
-    assert back.shape == (1, 2, 28, 40)
-    pred = back.argmax(1)[0]
-    assert (pred[:, :19] == 0).all() and (pred[:, 21:] == 1).all()
+class Neighbourhood(nn.Module):
+    """Two 3 x 3 convolutions with zero padding: each output sees a 5 x 5 neighbourhood, so a
+    tile's outermost 2 px differ from the whole-image result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(),
+                                 nn.Conv2d(4, 3, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _whole(model: nn.Module, image: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        return model(x)[0]
+
+
+def test_tiles_cover_the_axis_with_half_overlap() -> None:
+    assert tile_starts(10, 16) == [0]
+    assert tile_starts(16, 16) == [0]
+    assert tile_starts(40, 16) == [0, 8, 16, 24]
+    assert tile_starts(45, 16) == [0, 8, 16, 24, 29]  # the last one flush with the end
+    weight = tile_weight(16, CPU)
+    assert float(weight.max()) == 1.0 and float(weight.min()) >= 1e-3
+    assert torch.equal(weight, weight.flip(0)) and torch.equal(weight, weight.T)
+
+
+def test_sliding_window_equals_whole_image_for_a_local_model() -> None:
+    model, image = Local().eval(), _image(45, 70)
+    blended = full_logits(model, image, 16, CPU, batch_size=3)
+    torch.testing.assert_close(blended, _whole(model, image), atol=1e-5, rtol=0)
+    # bands come out top to bottom, none taller than a patch: memory follows the patch
+    bands = list(logit_bands(model, image, 16, CPU))
+    assert [row for row, _ in bands] == [0, 8, 16, 24, 29]
+    assert max(band.shape[1] for _, band in bands) <= 16
+    assert sum(band.shape[1] for _, band in bands) == 45
+
+
+def test_blending_leaves_no_seam() -> None:
+    """Sliding = sum_t w_t f_t / sum_t w_t; whole = f. Only tiles in which a pixel lies
+    within 2 px of the tile border (its 5 x 5 neighbourhood cut by the border) differ, so
+    |sliding - whole| <= (their share of the weight) x max_t |f_t - f|. With half-tile
+    overlap every pixel is within 4 px of some tile's centre (weight >= exp(-2) = 0.135)
+    while a pixel within 2 px of a border has weight <= exp(-4.5) = 0.011: the share is
+    below 8%, so the blended result may differ from the whole image by at most that share
+    of the tiles' own border errors: no seam."""
+    model, image = Neighbourhood().eval(), _image(48, 64, seed=1)
+    whole = _whole(model, image)
+    blended = full_logits(model, image, 16, CPU)
+    # the tiles' own error at their borders (what a hard stitch would show as a seam)
+    tile = _whole(model, image[8:24, 8:24])
+    seam = float((tile - whole[:, 8:24, 8:24]).abs().max())
+    assert seam > 0.05  # the model's tiles do differ at their borders
+    inner = (blended - whole)[:, 2:-2, 2:-2].abs()  # the image border is zero-padded anyway
+    assert float(inner.max()) <= 0.08 * seam
+    # and the error is no larger on tile-border lines than it is between them
+    border_rows = inner[:, [r - 2 for r in (8, 16, 24, 32, 40) if 2 <= r - 2 < inner.shape[1]]]
+    assert float(border_rows.max()) <= 0.08 * seam
+
+
+@pytest.mark.parametrize(("source", "size"), [((16, 20), (45, 61)), ((30, 40), (30, 40)),
+                                               ((40, 50), (17, 23)), ((7, 9), (64, 90))])
+def test_banded_upsampling_equals_one_interpolation(source: tuple[int, int],
+                                                    size: tuple[int, int]) -> None:
+    logits = torch.randn(3, *source, generator=torch.Generator().manual_seed(0))
+    expected = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+    cuts = [0, 3, 4, 9, source[0]]
+    bands = ((a, logits[:, a:b]) for a, b in itertools.pairwise(cuts) if b > a)
+    rows = list(upsample_bands(bands, source, size))
+    assert [r for r, _ in rows] == sorted(r for r, _ in rows)
+    got = torch.cat([band for _, band in rows], dim=1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_predict_mask_returns_the_original_size() -> None:
+    class Constant(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(x.shape[0], 3, *x.shape[2:])
+            out[:, 2] = 1.0
+            return out
+
+    plan = tiny_plan(scale=0.37, patch=16)
+    info = ModelInfo(UNetConfig(n_classes=3, depth=2, base_width=4), ("a", "b", "c"), "fp",
+                     plan)
+    image = _image(101, 77)
+    mask = predict_mask(Constant(), info, image, CPU)
+    assert mask.shape == (101, 77) and mask.dtype == np.uint8
+    assert (mask == 2).all()
+    local = Local().eval()
+    relative = ModelInfo(info.config, info.classes, "fp", tiny_plan(scale=1.0, patch=16))
+    expected = _whole(local, image).argmax(0).numpy()
+    np.testing.assert_array_equal(predict_mask(local, relative, image, CPU), expected)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.learn import tiny_plan
 
 from pipeline.errors import InputError
 from pipeline.learn.model import (
@@ -25,7 +26,7 @@ TINY = UNetConfig(n_classes=3, depth=2, base_width=4)
 
 def _info(config: UNetConfig = TINY) -> ModelInfo:
     return ModelInfo(config=config, classes=("background", "square", "disc")[:config.n_classes],
-                     image_size=32, data_fingerprint="f" * 32)
+                     data_fingerprint="f" * 32, plan=tiny_plan())
 
 
 @pytest.mark.parametrize("upsample", ["bilinear", "transpose"])
@@ -85,7 +86,7 @@ def test_checkpoint_rebuilds_its_own_model(tmp_path: Path) -> None:
     save_model(path, model, _info(config))
     loaded, info = load_model(path)
     assert info == _info(config)
-    assert info.resize == "letterbox"
+    assert info.plan == tiny_plan() and info.plan.working_size(30, 40) == (30, 40)
     assert not loaded.training
     x = torch.rand(2, 3, 20, 24)
     with torch.no_grad():
@@ -105,7 +106,7 @@ def test_load_model_errors_are_clear(tmp_path: Path) -> None:
         load_model(garbage)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
-    with pytest.raises(InputError, match=r"must be a segpipe model \(segpipe-unet/1\), got None"):
+    with pytest.raises(InputError, match=r"must be a segpipe model \(segpipe-unet/2\), got None"):
         load_model(other)
     good = tmp_path / "good.pt"
     save_model(good, UNet(TINY), _info())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import segpipe
+from helpers.learn import tiny_plan
 from PIL import Image
 
 from pipeline.errors import InputError
@@ -26,8 +27,8 @@ def _model(path: Path, constant: int = 2) -> Path:
         model.outc.weight.zero_()
         model.outc.bias.zero_()
         model.outc.bias[constant] = 5.0
-    save_model(path, model.eval(), ModelInfo(model.config, CLASSES, image_size=16,
-                                             data_fingerprint="test"))
+    save_model(path, model.eval(), ModelInfo(model.config, CLASSES, data_fingerprint="test",
+                                             plan=tiny_plan(patch=16)))
     return path
 
 

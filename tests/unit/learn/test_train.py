@@ -1,5 +1,5 @@
-"""pipeline.train and pipeline.losses: the training stage on a tiny dataset (32 px, depth 2,
-base width 4, a few steps), resume after a stop, DVCLive logs, the CLI, and the losses."""
+"""learn/train.py and learn/losses.py: the training stage on a tiny dataset (16 px patches,
+depth 2, width 4, 12 steps), resume after a stop, the EMA, DVCLive logs, the CLI, the losses."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pipeline.core.records import IGNORE
 from pipeline.errors import ParamsError
 from pipeline.learn.losses import cross_entropy, dice_loss, make_loss
 from pipeline.learn.model import load_model
-from pipeline.learn.train import lr_at, train
+from pipeline.learn.train import lr_at, train, update_ema
 from pipeline.params import Params, parse_params
 
 
@@ -44,116 +44,130 @@ def tiny(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_training_writes_model_checkpoint_and_logs(tiny: Path) -> None:
-    result = train(_params(tiny), progress=False)
-    assert result.start_epoch == 0 and result.epochs_done == 3
-    assert [h.epoch for h in result.history] == [1, 2, 3]
+def test_training_writes_model_checkpoint_plan_and_logs(tiny: Path) -> None:
+    result = train(_params(tiny, amp="off"), progress=False)
+    assert result.start_step == 0 and result.steps_done == 12
+    assert [h.step for h in result.history] == [4, 8, 12]  # validated every val_every steps
     losses = [h.loss for h in result.history]
-    assert losses[2] < losses[1] < losses[0]  # it learns
+    assert losses[2] < losses[0]  # it learns
     model, info = load_model(tiny / "models" / "model.pt")
-    assert info.classes == CLASSES and info.image_size == 32
-    assert info.config.depth == 2 and info.config.base_width == 4
+    assert info.classes == CLASSES and info.plan == result.plan
+    assert (info.plan.patch, info.plan.steps, info.config.depth, info.config.base_width) == \
+        (16, 12, 2, 4)
+    assert info.dataset["classes"]["square"]["images"] == 12  # the fingerprint it came from
     manifest = tiny / "prepared" / "manifest.csv"
     assert info.data_fingerprint == data_fingerprint(manifest, tiny / "splits/splits.csv")
     ckpt = torch.load(tiny / "models" / "checkpoint.pt", weights_only=True)
-    assert ckpt["epoch"] == 3 and ckpt["scheduler"] == {"step": 6}
-    assert set(ckpt) >= {"model", "optimizer", "rng", "data_fingerprint", "resume_key"}
-    _assert_same_state(ckpt["model"]["state_dict"], model.state_dict())
+    assert ckpt["step"] == 12
+    assert set(ckpt) >= {"model", "ema", "optimizer", "data_fingerprint", "resume_key"}
+    _assert_same_state(ckpt["ema"], model.state_dict())  # the model file holds the EMA weights
+    assert not torch.equal(ckpt["model"]["state_dict"]["outc.weight"],
+                           model.state_dict()["outc.weight"])
+    plan = json.loads((tiny / "reports" / "plan.json").read_text())
+    assert plan["plan"]["steps"] == 12 and plan["amp"] is False
+    assert plan["fingerprint"]["images"] == 12
     logs = tiny / "reports" / "train"
     metrics = json.loads((logs / "metrics.json").read_text())
-    assert metrics["step"] == 2 and set(metrics) >= {"train", "val"}
+    assert metrics["step"] == 12 and set(metrics) >= {"train", "val"}
     assert set(metrics["val"]) >= {"miou", "iou"}
     loss_rows = (logs / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
-    assert len(loss_rows) == 4  # header + 3 epochs
+    assert [row.split("\t")[0] for row in loss_rows] == ["step", "4", "8", "12"]
     assert not (logs / "dvc.yaml").exists()
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tiny: Path) -> None:
-    first = train(_params(tiny, epochs=1, resume=False), progress=False).weights_hash
-    again = train(_params(tiny, epochs=1, resume=False), progress=False).weights_hash
-    other = train(_params(tiny, epochs=1, resume=False, seed=1), progress=False).weights_hash
+    first = train(_params(tiny, resume=False), progress=False).weights_hash
+    again = train(_params(tiny, resume=False), progress=False).weights_hash
+    other = train(_params(tiny, resume=False, seed=1), progress=False).weights_hash
     assert first == again and other != first
 
 
 def test_a_stopped_run_resumes_to_the_same_weights(tiny: Path) -> None:
-    full = train(_params(tiny, epochs=4, model_path="full/model.pt",
-                         checkpoint_path="full/ckpt.pt"), progress=False)
-    kw = {"epochs": 4, "model_path": "parts/model.pt", "checkpoint_path": "parts/ckpt.pt"}
-    part = train(_params(tiny, **kw), stop_after=1, progress=False)
-    assert part.epochs_done == 1 and not (tiny / "parts" / "model.pt").exists()
-    part = train(_params(tiny, **kw), stop_after=2, progress=False)
-    assert (part.start_epoch, part.epochs_done) == (1, 3)
+    full = train(_params(tiny, model_path="full/model.pt", checkpoint_path="full/ckpt.pt"),
+                 progress=False)
+    kw = {"model_path": "parts/model.pt", "checkpoint_path": "parts/ckpt.pt"}
+    part = train(_params(tiny, **kw), stop_after=3, progress=False)  # a kill between validations
+    assert part.steps_done == 3 and not (tiny / "parts" / "model.pt").exists()
+    part = train(_params(tiny, **kw), stop_after=6, progress=False)
+    assert (part.start_step, part.steps_done) == (3, 9)
     rest = train(_params(tiny, **kw), progress=False)
-    assert (rest.start_epoch, rest.epochs_done) == (3, 4)
+    assert (rest.start_step, rest.steps_done) == (9, 12)
     _assert_same_state(_state(tiny / "full" / "model.pt"), _state(tiny / "parts" / "model.pt"))
-    def numbers(history: tuple) -> list[tuple]:
-        return [(h.epoch, h.loss, h.lr, h.val_miou, h.val_iou) for h in history]
-
-    assert numbers(rest.history) == numbers(full.history)  # the resumed epochs' logs carried
     assert rest.weights_hash == full.weights_hash
+    assert [h.val_miou for h in rest.history if h.step in (4, 8, 12)] == \
+        [h.val_miou for h in full.history]
     # a finished checkpoint: nothing left to train, the model is written again
     again = train(_params(tiny, **kw), progress=False)
-    assert (again.start_epoch, again.epochs_done, again.weights_hash) == (4, 4, full.weights_hash)
+    assert (again.start_step, again.steps_done, again.weights_hash) == (12, 12, full.weights_hash)
 
 
 def test_checkpoint_of_other_config_or_data_is_not_resumed(tiny: Path, capsys) -> None:
-    train(_params(tiny, epochs=2), stop_after=1, progress=False)
+    train(_params(tiny), stop_after=4, progress=False)
     capsys.readouterr()
-    other = train(_params(tiny, epochs=2, lr=0.02), stop_after=1, progress=False)
-    assert other.start_epoch == 0
+    other = train(_params(tiny, lr=0.02), stop_after=4, progress=False)
+    assert other.start_step == 0
     assert "starting fresh: " in capsys.readouterr().err
     # a changed split changes the data fingerprint
     splits = tiny / "splits" / "splits.csv"
     splits.write_text(splits.read_text().replace("img_000,train", "img_000,val"))
-    fresh = train(_params(tiny, epochs=2, lr=0.02), stop_after=1, progress=False)
-    assert fresh.start_epoch == 0
+    fresh = train(_params(tiny, lr=0.02), stop_after=4, progress=False)
+    assert fresh.start_step == 0
     assert "trained on other data" in capsys.readouterr().err
     # the resume-irrelevant fields (threads, paths of logs) do not block a resume
-    resumed = train(_params(tiny, epochs=2, lr=0.02, threads=2), progress=False)
-    assert resumed.start_epoch == 1 and resumed.epochs_done == 2
+    resumed = train(_params(tiny, lr=0.02, threads=2), progress=False)
+    assert resumed.start_step == 4 and resumed.steps_done == 12
 
 
 def test_config_errors_are_reported_together(tiny: Path) -> None:
     with pytest.raises(ParamsError) as info:
-        _params(tiny, loss="focal", amp="fp16", batch_size=0, image_size=12, depth=4)
+        _params(tiny, loss="focal", amp="fp16", batch_size=0, patch="big")
     assert str(info.value).splitlines() == [
-        "params.yaml: train.batch_size must be in [1, 4096], got 0",
+        "params.yaml: train.patch must be auto or an integer, got 'big'",
+        "params.yaml: train.batch_size must be auto or in [1, 4096], got 0",
         "params.yaml: train.loss must be one of ['ce', 'dice', 'ce_dice'], got 'focal'",
         "params.yaml: train.amp must be one of ['auto', 'bf16', 'off'], got 'fp16'"]
     with pytest.raises(ParamsError) as info:  # checks between fields, once each field is valid
-        _params(tiny, image_size=12, depth=4, scale_min=2.0, scale_max=1.5)
+        _params(tiny, patch=12, depth=4, scale_min=2.0, scale_max=1.5, scale=0.5, long_side=80)
     assert str(info.value).splitlines() == [
-        "params.yaml: train.image_size must be >= 2**depth = 16, got 12",
+        "params.yaml: train.patch must be >= 2**depth = 16, got 12",
+        "params.yaml: train.scale and train.long_side must not both be set (one resizes every "
+        "image by a factor, the other to a long side), got 0.5 and 80",
         "params.yaml: train.scale_min must be <= train.scale_max, got 2.0 > 1.5"]
 
 
 def test_bf16_autocast_trains_on_cpu(tiny: Path) -> None:
-    fp32 = train(_params(tiny, resume=False), progress=False)
+    fp32 = train(_params(tiny, amp="off", resume=False), progress=False)
     fp32_state = _state(tiny / "models" / "model.pt")
     bf16 = train(_params(tiny, amp="bf16", channels_last="on", resume=False), progress=False)
-    losses = [h.loss for h in bf16.history]
-    assert losses[2] < losses[1] < losses[0]  # it learns in bf16 too
-    assert abs(losses[0] - fp32.history[0].loss) < 0.05 * fp32.history[0].loss
-    model, _ = load_model(tiny / "models" / "model.pt")
+    assert bf16.history[-1].loss < bf16.history[0].loss  # it learns in bf16 too
+    assert abs(bf16.history[0].loss - fp32.history[0].loss) < 0.05 * fp32.history[0].loss
+    model, info = load_model(tiny / "models" / "model.pt")
+    assert info.amp and info.channels_last  # recorded with the model
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
     assert bf16.weights_hash != fp32.weights_hash  # autocast really ran in bf16
     assert not torch.equal(model.state_dict()["outc.weight"], fp32_state["outc.weight"])
 
 
-def test_grad_accum_trains_the_global_batch(tiny: Path) -> None:
-    result = train(_params(tiny, epochs=1, batch_size=2, grad_accum=2), progress=False)
-    assert result.epochs_done == 1
-    ckpt = torch.load(tiny / "models" / "checkpoint.pt", weights_only=True)
-    assert ckpt["scheduler"] == {"step": 2}  # 8 train images / global batch 4
+def test_the_ema_follows_the_weights_with_its_decay() -> None:
+    ema, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        ema.weight.fill_(1.0)
+        model.weight.fill_(3.0)
+    update_ema(ema, model, 0.75)
+    torch.testing.assert_close(ema.weight, torch.full((1, 2), 1.5))  # 0.75 * 1 + 0.25 * 3
+    update_ema(ema, model, 0.0)
+    torch.testing.assert_close(ema.weight, model.weight)
 
 
 def test_cli_trains_and_reports_errors_in_one_line(tiny: Path, monkeypatch, capsys) -> None:
     params_file = tiny / "params.yaml"
-    params_file.write_text(yaml.safe_dump(tiny_params(tiny, epochs=1)))
+    params_file.write_text(yaml.safe_dump(tiny_params(tiny, steps=4)))
     monkeypatch.chdir(tiny)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     assert main(["train", "--params", str(params_file)]) == 0
-    assert "epoch 1/1: loss" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("plan: scale x1")  # the plan comes first, with its reasons
+    assert "  steps 4: set in params" in err and "step 4/4: loss" in err
     assert (tiny / "models" / "model.pt").is_file()
     (tiny / "prepared" / "manifest.csv").unlink()
     assert main(["train", "--params", str(params_file)]) == 2
