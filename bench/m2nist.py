@@ -1,8 +1,9 @@
 """Accuracy benchmark on real handwriting: M2NIST-style images out of scikit-learn's digits.
 
-    .venv/bin/python bench/m2nist.py                       # full run (CPU: tens of minutes)
-    .venv/bin/python bench/m2nist.py --train 300 --val 100 --epochs 5   # a quick look
+    .venv/bin/python bench/m2nist.py                       # the default pipeline on 2,000 images
+    .venv/bin/python bench/m2nist.py --train 300 --val 100 --steps 200  # a quick look
     .venv/bin/python bench/m2nist.py --only-data --workdir /tmp/m2nist  # write the data only
+    (bench/real.py runs it beside the real sets, against the old recipe)
 
 The data: scikit-learn's bundled digits (1,797 real handwritten 8x8 digits, 0-16 grey levels)
 are split BY SAMPLE first (80/20, stratified by digit, seeded), so the eval images are composed
@@ -149,9 +150,7 @@ def params(args: argparse.Namespace) -> dict:
         "classes": CLASSES,
         "convert": {"jobs": args.jobs},
         "split": {"val_fraction": 0.1, "benchmark": "benchmark.txt"},
-        "train": {"image_size": args.image_size, "base_width": args.base_width,
-                  "depth": args.depth, "epochs": args.epochs, "batch_size": args.batch_size,
-                  "lr": args.lr, "device": args.device, "threads": args.threads,
+        "train": {"steps": args.steps, "device": args.device, "threads": args.threads,
                   # digits are not symmetric: no flips or 90-degree rotations
                   "hflip": False, "vflip": False, "rot90": False},
         "evaluate": {"worst_k": 4, "device": args.device},
@@ -162,12 +161,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=int, default=2000, help="training images")
     parser.add_argument("--val", type=int, default=400, help="unseen-digit (benchmark) images")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--base-width", type=int, default=16)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--steps", default="auto", type=lambda v: v if v == "auto" else int(v),
+                        help="optimiser steps (default: planned)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=0)

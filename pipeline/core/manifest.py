@@ -50,6 +50,8 @@ class ManifestRow:
     id: str
     image: str
     mask: str
+    width: int
+    height: int
     image_hash: str
     mask_hash: str
     group: str
@@ -84,7 +86,7 @@ def read_manifest(path: str | Path, classes: Sequence[str]) -> Manifest:
     """The manifest at `path`; a missing file, column or a bad count is an InputError."""
     path = Path(path)
     header, records = _read_csv(path, "run `segpipe convert` first")
-    needed = ["id", "image", "mask", "image_hash", "mask_hash", "group",
+    needed = ["id", "image", "mask", "width", "height", "image_hash", "mask_hash", "group",
               *(pixel_column(c) for c in classes)]
     missing = [c for c in needed if c not in header]
     if missing:
@@ -94,11 +96,13 @@ def read_manifest(path: str | Path, classes: Sequence[str]) -> Manifest:
     for record in records:
         try:
             pixels = tuple(int(record[pixel_column(c)]) for c in classes)
+            width, height = int(record["width"]), int(record["height"])
         except ValueError:
-            raise InputError(f"{path}: px.<class> columns must hold integer pixel counts, got "
-                             f"a row {record['id']!r} that does not") from None
+            raise InputError(f"{path}: width, height and px.<class> must hold integers, got a "
+                             f"row {record['id']!r} that does not") from None
         text = "\x1f".join(f"{k}={v}" for k, v in record.items())
         rows.append(ManifestRow(id=record["id"], image=record["image"], mask=record["mask"],
+                                width=width, height=height,
                                 image_hash=record["image_hash"], mask_hash=record["mask_hash"],
                                 group=record["group"], pixels=pixels,
                                 fingerprint=content_hash(text.encode())))
