@@ -18,8 +18,11 @@ The rules, each with its reason in `Plan.reasons`:
   a few minutes on 2 CPU cores) divided by the pixels of one step. Steps, not epochs: accuracy
   follows the optimiser step count.
 - **crop sampling**: a share (`FG_SHARE`) of the crops is centred on a pixel of a foreground
-  class, the class drawn with weight 1/sqrt(pixel share) (rare classes favoured); the rest are
-  uniform over the image (nnU-Net oversamples foreground the same way).
+  class, every class present equally likely (so a class with a thousandth of the pixels is
+  seen as often as the most common one: rare classes favoured), the rest uniform over the
+  image (nnU-Net oversamples foreground the same way). Weighting by rarity beyond that made
+  a rare class's false positives grow on real photos (cvficus: 93% of class crops on 7
+  branches, branch precision 0.56).
 """
 
 from __future__ import annotations
@@ -140,11 +143,10 @@ def make_plan(fp: Fingerprint, cfg: TrainParams, classes: Sequence[str], device_
         reasons.append(f"steps {steps}: the {device} budget of {PIXEL_BUDGET[device]:,} crop "
                        f"pixels / ({batch} x {patch}x{patch}) per step")
 
-    # 4. crop sampling: rare classes (by pixel share) are drawn more often
-    weights = []
-    for value, name in enumerate(classes):
-        share = fp.classes[name].pixel_share if name in fp.classes else 0.0
-        weights.append(0.0 if value == 0 or share <= 0 else round(1.0 / math.sqrt(share), 4))
+    # 4. crop sampling: every foreground class with pixels equally likely
+    weights = [0.0 if value == 0 or name not in fp.classes
+               or fp.classes[name].pixel_share <= 0 else 1.0
+               for value, name in enumerate(classes)]
     fg_share = FG_SHARE if cfg.fg_share == "auto" else float(cfg.fg_share)
     ema = (round(1.0 - 1.0 / max(20.0, steps / 10.0), 6) if cfg.ema == "auto"
            else float(cfg.ema))
