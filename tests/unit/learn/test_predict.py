@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 from pipeline.errors import InputError
 from pipeline.learn.model import ModelInfo, UNet, UNetConfig, load_model, pick_device, save_model
 from pipeline.learn.predict import plan_jobs, predict_files
-from pipeline.storage.masks import voc_palette
+from pipeline.storage.masks import read_mask, voc_palette
 
 CLASSES = ("background", "a", "b")
 
@@ -67,7 +68,7 @@ def test_masks_have_the_original_upright_size_and_the_voc_palette(tmp_path: Path
     assert [j.image.relative_to(photos).as_posix() for j in jobs] == [
         "broken.png", "camera.jpg", "wide.png", "sub/tall.jpg", "sub/truncated.png"]
     written, problems = predict_files(model, info, jobs, torch.device("cpu"), batch_size=2,
-                                      overlay=True, progress=False)
+                                      kinds=("mask", "overlay"), progress=False)
     assert written == 3
     assert len(problems) == 2
     assert problems[0].startswith(f"{photos / 'broken.png'}: cannot read image: ")
@@ -95,7 +96,7 @@ def test_cli_skips_a_corrupt_image_says_so_and_exits_1(tmp_path: Path) -> None:
                      str(tmp_path / "out"), "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert f"skipped {bad}: cannot read image: " in result.stderr
-    assert "wrote 1 mask(s)" in result.stderr
+    assert "wrote the mask of 1 image(s)" in result.stderr
     assert "Traceback" not in result.stderr
     with Image.open(tmp_path / "out" / "good.png") as mask:
         assert mask.size == (13, 11)
@@ -134,3 +135,65 @@ def test_device_names_are_checked() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="--device is 'cuda' but CUDA is not available here"):
             pick_device("cuda", setting="--device")
+
+
+class ColourModel(torch.nn.Module):
+    """A real torch model with fixed weights: class 1 where the image is red, 2 where it is
+    blue, background elsewhere (each pixel on its own: clean, smooth shapes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, g, b = x[:, 0], x[:, 1], x[:, 2]
+        return torch.stack([0.5 + 0 * r, 4 * (r - g - b), 4 * (b - r - g)], dim=1)
+
+
+def _scene(path: Path) -> np.ndarray:
+    """An image with red and blue objects (a ring with an object in its hole, a thin bar);
+    returns the mask the ColourModel predicts for it."""
+    h, w = 90, 120
+    yy, xx = np.mgrid[0:h, 0:w]
+    labels = np.zeros((h, w), np.uint8)
+    labels[(yy - 40) ** 2 + (xx - 40) ** 2 <= 30 ** 2] = 1
+    labels[(yy - 40) ** 2 + (xx - 40) ** 2 <= 12 ** 2] = 0
+    labels[(yy - 40) ** 2 + (xx - 40) ** 2 <= 5 ** 2] = 2
+    labels[60:85, 80:115] = 2
+    labels[20:23, 80:118] = 1
+    rgb = np.full((h, w, 3), 200, np.uint8)
+    rgb[labels == 1] = (230, 20, 20)
+    rgb[labels == 2] = (20, 20, 230)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+    return labels
+
+
+def test_labelme_pre_annotations_convert_back_to_the_predicted_masks(tmp_path: Path) -> None:
+    model_path = tmp_path / "model.pt"
+    info = ModelInfo(UNetConfig(n_classes=3, depth=2, base_width=4), CLASSES, "test",
+                     tiny_plan(patch=32))
+    save_model(model_path, UNet(info.config), info)  # a valid file; ColourModel predicts
+    raw = tmp_path / "raw"
+    expected = {name: _scene(raw / "batch" / f"{name}.png") for name in ("one", "two")}
+    jobs = plan_jobs([raw / "batch"], raw / "batch", ("labelme",))
+    written, problems = predict_files(ColourModel(), info, jobs, torch.device("cpu"),
+                                      kinds=("labelme",), progress=False)
+    assert (written, problems) == (2, [])
+    doc = json.loads((raw / "batch" / "one.json").read_text())
+    assert doc["imagePath"] == "one.png" and doc["imageData"] is None
+    assert doc["flags"] == {"predicted": True}
+    assert {s["label"] for s in doc["shapes"]} == {"a", "b", "background"}  # hole kept
+    assert all(s["description"] == "predicted" for s in doc["shapes"])
+    # the annotator's round trip: convert the files back
+    (tmp_path / "params.yaml").write_text(
+        "classes: [background, a, b]\nconvert: {raw_dir: raw, out_dir: prepared, "
+        "reports_dir: reports}\n")
+    assert segpipe("convert", "-j", "1", cwd=tmp_path).returncode == 0
+    for name, labels in expected.items():
+        back = read_mask(tmp_path / "prepared" / "masks" / "batch" / f"{name}.png")
+        for value in (1, 2):
+            inter = ((back == value) & (labels == value)).sum()
+            union = ((back == value) | (labels == value)).sum()
+            assert inter / union >= 0.99, (name, value, inter / union)
+    # predict replaces its own files, never an annotator's
+    assert len(plan_jobs([raw / "batch"], raw / "batch", ("labelme",))) == 2
+    (raw / "batch" / "one.json").write_text('{"flags": {}, "shapes": []}')
+    with pytest.raises(InputError, match=r"one\.json: would replace an annotation"):
+        plan_jobs([raw / "batch"], raw / "batch", ("labelme",))
