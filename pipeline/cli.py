@@ -23,7 +23,10 @@ COMMANDS = {
     "train": ("pipeline.learn.train:command", "Train the U-Net (GPU when present, else CPU)."),
     "evaluate": ("pipeline.learn.evaluate:command",
                  "Per-class IoU, confusion, overlays, report."),
-    "predict": ("pipeline.learn.predict:command", "Write palette masks for new images."),
+    "review": ("pipeline.learn.review:command",
+               "Rank the annotations most likely wrong (out-of-fold predictions)."),
+    "predict": ("pipeline.learn.predict:command",
+                "Write palette masks (and Labelme files) for new images."),
     "demo-data": ("pipeline.tools.demo:command", "Write the synthetic sample dataset."),
     "compare": ("pipeline.tools.compare:command", "Gate: compare metrics with a git revision."),
 }

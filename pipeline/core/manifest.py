@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ class ManifestRow:
     """One converted sample. `image` and `mask` are relative to the manifest's folder."""
 
     id: str
+    annotation: str  # the raw annotation file(s), relative to the raw dir, ";"-joined
     image: str
     mask: str
     width: int
@@ -80,14 +81,15 @@ class Splits:
 
     assignments: Mapping[str, str]
     version: int | None  # None: the file does not say
+    groups: Mapping[str, str] = field(default_factory=dict)  # id -> split group (never cut)
 
 
 def read_manifest(path: str | Path, classes: Sequence[str]) -> Manifest:
     """The manifest at `path`; a missing file, column or a bad count is an InputError."""
     path = Path(path)
     header, records = _read_csv(path, "run `segpipe convert` first")
-    needed = ["id", "image", "mask", "width", "height", "image_hash", "mask_hash", "group",
-              *(pixel_column(c) for c in classes)]
+    needed = ["id", "annotation", "image", "mask", "width", "height", "image_hash", "mask_hash",
+              "group", *(pixel_column(c) for c in classes)]
     missing = [c for c in needed if c not in header]
     if missing:
         raise InputError(f"{path}: must have the columns {missing} (one px.<class> per class "
@@ -101,7 +103,8 @@ def read_manifest(path: str | Path, classes: Sequence[str]) -> Manifest:
             raise InputError(f"{path}: width, height and px.<class> must hold integers, got a "
                              f"row {record['id']!r} that does not") from None
         text = "\x1f".join(f"{k}={v}" for k, v in record.items())
-        rows.append(ManifestRow(id=record["id"], image=record["image"], mask=record["mask"],
+        rows.append(ManifestRow(id=record["id"], annotation=record["annotation"],
+                                image=record["image"], mask=record["mask"],
                                 width=width, height=height,
                                 image_hash=record["image_hash"], mask_hash=record["mask_hash"],
                                 group=record["group"], pixels=pixels,
@@ -144,7 +147,19 @@ def read_splits(path: str | Path) -> Splits | None:
             raise InputError(f"{path}: version must be one integer on every row, got "
                              f"{values[:3]}")
         version = int(values[0])
-    return Splits(assignments={r["id"]: r["split"] for r in records}, version=version)
+    groups = {r["id"]: r.get("group") or r["id"] for r in records}
+    return Splits(assignments={r["id"]: r["split"] for r in records}, version=version,
+                  groups=groups)
+
+
+def load_dataset(manifest_csv: str | Path, splits_csv: str | Path, classes: Sequence[str]
+                 ) -> tuple[Manifest, Splits]:
+    """The manifest and the split file together (what every stage after split reads)."""
+    manifest = read_manifest(manifest_csv, classes)
+    splits = read_splits(splits_csv)
+    if splits is None:
+        raise InputError(f"{splits_csv}: file not found; run `segpipe split` first")
+    return manifest, splits
 
 
 def select(manifest: Manifest, splits: Splits, split: str, source: str = "splits.csv"

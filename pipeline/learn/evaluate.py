@@ -37,9 +37,8 @@ from pipeline.core.manifest import (
     Manifest,
     ManifestRow,
     data_fingerprint,
+    load_dataset,
     manifest_path,
-    read_manifest,
-    read_splits,
     select,
 )
 from pipeline.errors import InputError
@@ -315,10 +314,7 @@ def run_evaluate(params: Params, *, progress: bool = True) -> dict[str, object]:
                    "or `segpipe train` to retrain", err=True)
 
     # 2. the eval sets: val, and the benchmark set when the split has one
-    manifest = read_manifest(manifest_csv, params.labels.classes)
-    splits = read_splits(splits_csv)
-    if splits is None:
-        raise InputError(f"{splits_csv}: file not found; run `segpipe split` first")
+    manifest, splits = load_dataset(manifest_csv, splits_csv, params.labels.classes)
     val = select(manifest, splits, "val", str(splits_csv))
     if not val:
         raise InputError(f"{splits_csv}: split 'val' has no samples to evaluate")

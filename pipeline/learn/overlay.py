@@ -28,11 +28,12 @@ def blend(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray
 
 
 def overlay_panels(image: np.ndarray, masks: Sequence[np.ndarray], titles: Sequence[str],
-                   classes: Sequence[str], *, alpha: float = 0.5,
-                   max_size: int = 512) -> np.ndarray:
+                   classes: Sequence[str], *, alpha: float = 0.5, max_size: int = 512,
+                   boxes: Sequence[tuple[int, int, int, int]] = ()) -> np.ndarray:
     """Side-by-side panels: the image, then the image blended with each mask (VOC colours),
     each titled, scaled so its longer side is at most `max_size`, with a colour legend of the
-    classes that occur below. Returns H x W x 3 uint8."""
+    classes that occur below. `boxes` (x0, y0, x1, y1 in image pixels) are outlined on every
+    panel (e.g. the regions a reviewer should look at). Returns H x W x 3 uint8."""
     h, w = image.shape[:2]
     scale = min(1.0, max_size / max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -49,6 +50,9 @@ def overlay_panels(image: np.ndarray, masks: Sequence[np.ndarray], titles: Seque
         x = i * (size[0] + gap)
         canvas.paste(Image.fromarray(panel), (x, header))
         draw.text((x + 2, 2), title, fill="black", font=font)
+        for x0, y0, x1, y1 in boxes:  # magenta: not a VOC class colour of the first classes
+            draw.rectangle((x + x0 * scale - 1, header + y0 * scale - 1, x + x1 * scale + 1,
+                            header + y1 * scale + 1), outline=(255, 0, 255), width=2)
     present = sorted(set().union(*(np.unique(m).tolist() for m in masks)) - {0})
     palette = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
     x = 2

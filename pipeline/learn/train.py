@@ -58,9 +58,8 @@ from pipeline.core.hashing import content_hash
 from pipeline.core.manifest import (
     ManifestRow,
     data_fingerprint,
+    load_dataset,
     manifest_path,
-    read_manifest,
-    read_splits,
     select,
 )
 from pipeline.errors import InputError, StageFailed
@@ -348,10 +347,7 @@ def load_data(params: Params, plan: Plan, version: str, env: Dist, threads: int
     the caches while the other processes wait, then they map them."""
     cfg = params.train
     manifest_csv, splits_csv = manifest_path(params.convert.out_dir), params.split.splits_path
-    manifest = read_manifest(manifest_csv, params.labels.classes)
-    splits = read_splits(splits_csv)
-    if splits is None:
-        raise InputError(f"{splits_csv}: file not found; run `segpipe split` first")
+    manifest, splits = load_dataset(manifest_csv, splits_csv, params.labels.classes)
     rows: dict[str, list[ManifestRow]] = {
         split: select(manifest, splits, split, str(splits_csv)) for split in ("train", "val")}
     caches: dict[str, data.Cache] = {}

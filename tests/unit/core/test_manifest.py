@@ -75,8 +75,9 @@ def test_a_broken_splits_csv_is_an_error_naming_the_line(tmp_path: Path) -> None
         read_splits(path)
     assert str(err.value) == (f"{path}: split must be one of ['train', 'val', 'benchmark'], "
                               f"got line 3: 'test'")
-    path.write_text("id,group,split\na,a,train\nb,b,val\n", encoding="utf-8")
-    assert read_splits(path) == Splits(assignments={"a": "train", "b": "val"}, version=None)
+    path.write_text("id,group,split\na,g1,train\nb,g1,val\n", encoding="utf-8")
+    assert read_splits(path) == Splits(assignments={"a": "train", "b": "val"}, version=None,
+                                       groups={"a": "g1", "b": "g1"})
     assert read_splits(tmp_path / "absent.csv") is None
     path.write_text("id,split,version\na,train,1\na,val,1\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"ids must be unique, got repeated \['a'\]"):
