@@ -85,22 +85,12 @@ def _check_outputs(jobs: Sequence[Job], kinds: Sequence[str]) -> None:
                for out, images in owners.items() if len(set(images)) > 1]
     inputs = {job.image.resolve() for job in jobs}
     clashes += [f"{out}: would overwrite the input image" for out in owners if out in inputs]
-    if "labelme" in kinds:
-        clashes += [f"{job.labelme}: would replace an annotation (only files predict wrote are "
-                    "replaced)" for job in jobs if job.labelme.exists()
-                    and not _predicted(job.labelme)]
+    if "labelme" in kinds:  # an annotator may have corrected it: never replaced
+        clashes += [f"{job.labelme}: a Labelme file is there already (never replaced: delete "
+                    "it to predict again)" for job in jobs if job.labelme.exists()]
     if clashes:
         raise InputError("outputs must not clash (rename the images or pick another --out):\n  "
                          + "\n  ".join(clashes))
-
-
-def _predicted(path: Path) -> bool:
-    """True for a Labelme file that predict wrote (its flags say so)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("flags", {}).get("predicted") \
-            is True
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def predict_files(model: UNet, info: ModelInfo, jobs: Sequence[Job], device: torch.device, *,
@@ -149,8 +139,7 @@ def predict_files(model: UNet, info: ModelInfo, jobs: Sequence[Job], device: tor
            "background polygons drawn after it, label = class name, marked as predicted, "
            "imagePath relative to the JSON, no embedded image) to open in Labelme or "
            "X-AnyLabeling and correct; --out the image folder itself puts it beside each "
-           "image (add --no-masks there). A Labelme file is replaced only when predict wrote "
-           "it.\n\n"
+           "image (add --no-masks there). An existing Labelme file is never replaced.\n\n"
            "An image that cannot be read is reported on stderr and skipped; the others are "
            "still written. Exit code: 0 when every image was written, 1 when some were "
            "skipped, 2 for a usage error (no images, unreadable model, clashing outputs).",

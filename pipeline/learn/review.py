@@ -34,7 +34,7 @@ import csv
 import dataclasses
 import io
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,14 +252,23 @@ def suspects_of(row: ManifestRow, regions: Sequence[Region], record: Record | No
                           params.convert.point_radius)
         x0, y0, x1, y1 = region.box
         out.append(Suspect(
-            id=row.id, annotation=(shape.source or record.annotation) if shape and record
-            else row.annotation.split(";")[-1], shape=shape.index if shape else None,
+            id=row.id, annotation=_file_to_open(row, record, shape),
+            shape=shape.index if shape else None,
             label=shape.label if shape else classes[region.given], kind=region.kind,
             score=round(region.score, 6), predicted=classes[region.predicted],
             area=round(region.area / (sx * sy)), confidence=round(region.confidence, 6),
             image_score=round(image_score, 6),
             box=(int(x0 / sx), int(y0 / sy), int((x1 + 1) / sx) - 1, int((y1 + 1) / sy) - 1)))
     return out
+
+
+def _file_to_open(row: ManifestRow, record: Record | None, shape: Shape | None) -> str:
+    """The shape's own file; with no shape (a missing object), the sample's Labelme file if
+    it has one (where a polygon is added), else its first annotation file."""
+    if shape is not None and record is not None:
+        return shape.source or record.annotation
+    files = row.annotation.split(";")
+    return next((f for f in files if f.lower().endswith(".json")), files[0])
 
 
 # ---------------------------------------------------------------- the stage
@@ -276,8 +285,12 @@ class Scored:
     fold: int
 
 
-def run_review(params: Params, *, progress: bool = True) -> list[Scored]:
-    """The whole stage; returns every image's scores (also written to the outputs)."""
+def run_review(params: Params, *, progress: bool = True,
+               on_prediction: Callable[[ManifestRow, np.ndarray, np.ndarray], None] | None
+               = None) -> list[Scored]:
+    """The whole stage; returns every image's scores (also written to the outputs).
+    `on_prediction(row, probabilities, mask)` sees each out-of-fold prediction as it comes
+    (bench/review.py compares other scorers on them)."""
     cfg = params.review
     manifest, splits = load_dataset(manifest_path(params.convert.out_dir),
                                     params.split.splits_path, params.labels.classes)
@@ -291,17 +304,20 @@ def run_review(params: Params, *, progress: bool = True) -> list[Scored]:
     with Progress(len(rows), "review", "images", enabled=progress) as bar:
         for fold in range(cfg.folds):
             held_out = [r for r in rows if fold_of[r.id] == fold]
-            model_path = fold_model(params, splits, fold_of, fold, manifest.root, progress)
-            for scored in score_fold(params, fingerprint, model_path, held_out, manifest.root,
-                                     fold):
-                results.append(scored)
+            model_path = fold_model(params, splits, fold_of, fold, progress)
+            for row, probs, labels, scale in fold_predictions(params, model_path, held_out,
+                                                              manifest.root):
+                results.append(score_image(params, fingerprint, row, probs, labels, scale,
+                                           fold))
+                if on_prediction is not None:
+                    on_prediction(row, probs, labels)
                 bar.update()
     write_outputs(params, results)
     return results
 
 
 def fold_model(params: Params, splits: Splits, fold_of: Mapping[str, int], fold: int,
-               root: Path, progress: bool) -> Path:
+               progress: bool) -> Path:
     """Train (or resume) the model of one fold: the train stage on the other folds."""
     cfg = params.review
     work = Path(cfg.work_dir) / f"fold{fold}"
@@ -324,33 +340,38 @@ def fold_model(params: Params, splits: Splits, fold_of: Mapping[str, int], fold:
     return work / "model.pt"
 
 
-def score_fold(params: Params, fingerprint: Fingerprint, model_path: Path,
-               rows: Sequence[ManifestRow], root: Path, fold: int) -> Iterator[Scored]:
-    """Predict the held-out rows with their fold's model and score each as it comes."""
-    cfg = params.review
+def fold_predictions(params: Params, model_path: Path, rows: Sequence[ManifestRow],
+                     root: Path) -> Iterator[tuple[ManifestRow, np.ndarray, np.ndarray,
+                                                   tuple[float, float]]]:
+    """(row, C x h x w probabilities, h x w mask, (x, y) scale) of each held-out row at the
+    working scale, one image at a time."""
     device = pick_device(params.train.device, setting="train.device")
     model, info = load_model(model_path, map_location=device)
     precision = Precision(info.amp, info.channels_last)
-    classes = params.labels.classes
-    raw_dir = Path(params.convert.raw_dir)
     for row in rows:
         rgb, mask = read_pair(root / row.image, root / row.mask, row.id)
         size = info.plan.working_size(row.height, row.width)
-        scale = (size[1] / row.width, size[0] / row.height)
-        typical = [fingerprint.classes[c].area * scale[0] * scale[1]
-                   if c in fingerprint.classes else 1.0 for c in classes]
-        work = resize_image(rgb, size)
         labels = mask if size == mask.shape else np.asarray(
             Image.fromarray(mask).resize((size[1], size[0]), Image.Resampling.NEAREST))
-        logits = full_logits(model, work, info.plan.patch, device, precision)
+        logits = full_logits(model, resize_image(rgb, size), info.plan.patch, device,
+                             precision)
         probs = torch.softmax(logits, dim=0).cpu().numpy()
-        quality = label_quality(probs, labels, cfg.temperature)
-        regions = find_regions(probs, labels, typical, confidence=cfg.confidence,
-                               min_area=cfg.min_area, boundary_px=cfg.boundary_px)
-        regions = [r for r in regions if r.score >= cfg.threshold]
-        record = read_record(row, raw_dir) if regions else None
-        suspects = suspects_of(row, regions, record, params, scale, quality)
-        yield Scored(row, quality, tuple(suspects), tuple(regions), fold)
+        yield row, probs, labels, (size[1] / row.width, size[0] / row.height)
+
+
+def score_image(params: Params, fingerprint: Fingerprint, row: ManifestRow, probs: np.ndarray,
+                labels: np.ndarray, scale: tuple[float, float], fold: int) -> Scored:
+    """One held-out image: its label quality and its suspects, mapped back to the shapes."""
+    cfg = params.review
+    typical = [fingerprint.classes[c].area * scale[0] * scale[1]
+               if c in fingerprint.classes else 1.0 for c in params.labels.classes]
+    quality = label_quality(probs, labels, cfg.temperature)
+    regions = [r for r in find_regions(probs, labels, typical, confidence=cfg.confidence,
+                                       min_area=cfg.min_area, boundary_px=cfg.boundary_px)
+               if r.score >= cfg.threshold]
+    record = read_record(row, Path(params.convert.raw_dir)) if regions else None
+    suspects = suspects_of(row, regions, record, params, scale, quality)
+    return Scored(row, quality, tuple(suspects), tuple(regions), fold)
 
 
 # ---------------------------------------------------------------- outputs
