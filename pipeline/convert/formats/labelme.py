@@ -113,59 +113,34 @@ def _read_shape(raw: Any, index: int, file: str) -> tuple[Shape | None, list[Iss
     """One Labelme shape -> Shape, or None plus error issues naming the shape."""
     where = f"{file} shape {index}"
     if not isinstance(raw, dict):
-        return None, [
-            Issue(
-                file,
-                index,
-                "bad_shape",
-                "error",
-                f"{where} must be an object, got {type(raw).__name__}",
-            )
-        ]
+        return None, [Issue(file, index, "bad_shape", "error",
+                            f"{where} must be an object, got {type(raw).__name__}")]
     issues: list[Issue] = []
     label = raw.get("label")
     if not isinstance(label, str):
-        issues.append(
-            Issue(
-                file, index, "bad_label", "error", f"{where}: label must be a string, got {label!r}"
-            )
-        )
+        issues.append(Issue(file, index, "bad_label", "error",
+                            f"{where}: label must be a string, got {label!r}"))
     kind = raw.get("shape_type")
     if kind is None:  # Labelme < 3.4 has no shape_type: every shape is a polygon
         kind = "polygon"
     if not isinstance(kind, str):
-        issues.append(
-            Issue(
-                file,
-                index,
-                "bad_shape",
-                "error",
-                f"{where}: shape_type must be a string, got {kind!r}",
-            )
-        )
+        issues.append(Issue(file, index, "bad_shape", "error",
+                            f"{where}: shape_type must be a string, got {kind!r}"))
     points, problem = _points(raw.get("points"))
     if problem:
-        issues.append(
-            Issue(file, index, "bad_points", "error", f"{where}: points must be {problem}")
-        )
+        issues.append(Issue(file, index, "bad_points", "error",
+                            f"{where}: points must be {problem}"))
     mask_png = None
     if kind == "mask":
         mask_png, problem = _mask_png(raw.get("mask"))
         if problem:
-            issues.append(
-                Issue(file, index, "bad_mask", "error", f"{where}: mask must be {problem}")
-            )
+            issues.append(Issue(file, index, "bad_mask", "error",
+                                f"{where}: mask must be {problem}"))
     group_id, problem = _group_id(raw.get("group_id"))
     if problem:
-        issues.append(
-            Issue(
-                file,
-                index,
-                "bad_group_id",
-                "warning",
-                f"{where}: group_id must be an integer or null, got {problem}; ignored it",
-            )
-        )
+        issues.append(Issue(file, index, "bad_group_id", "warning",
+                            f"{where}: group_id must be an integer or null, got {problem}; "
+                            "ignored it"))
     if is_error(issues):
         return None, issues
     kind, points, tool_kind = _tool_shape(str(kind), points)

@@ -147,7 +147,8 @@ def _read_labelme_object(obj: Element, index: int, file: str
         x, y = _number(_text(pt, "x")), _number(_text(pt, "y"))
         if x is None or y is None:
             return None, [Issue(file, index, "bad_points", "error",
-                                f"{where} ({label}): <pt> {i} must have numbers <x> and <y>, "
+                                f"{file} object {index} ({label}, LabelMe XML): <pt> {i} must "
+                                f"have numbers <x> and <y>, "
                                 f"got x={_text(pt, 'x')!r} y={_text(pt, 'y')!r}")]
         points.append((x, y))
     if _text(obj, "type") == "bounding_box" and points:

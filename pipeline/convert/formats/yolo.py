@@ -366,8 +366,11 @@ def _read_line(
     label = classes.names[cls]
     if is_box:
         return _box(label, values[:4], index, width, height)
-    points: tuple[Point, ...] = tuple((values[i] * width, values[i + 1] * height)
-                                      for i in range(0, n, 2))
+    # rounded to 1e-9 px: x * W of a normalised x carries float noise (1017.0000000000001),
+    # and Pillow's edge filling is sensitive to it; a polygon exported from a Labelme JSON
+    # then draws exactly the JSON's pixels
+    points: tuple[Point, ...] = tuple((round(values[i] * width, 9),
+                                       round(values[i + 1] * height, 9)) for i in range(0, n, 2))
     return Shape(label, "polygon", points, index), None
 
 
