@@ -24,7 +24,7 @@ from pipeline.storage.files import FileStamp, write_text
 
 #: Bump when a change in this stage (or in formats/validate/raster) changes its outputs:
 #: every cached sample is then converted again.
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 CACHE_FILE = ".convert-cache.json"
 
 Entry = dict[str, Any]  # one sample's cache entry, as JSON
