@@ -236,7 +236,7 @@ def _read_object(obj: Element, index: int, file: str) -> tuple[Shape | None, lis
     if issues:
         return None, issues
     points = ((float(xmin - 1), float(ymin - 1)), (float(xmax - 1), float(ymax - 1)))
-    difficult = (_text(obj, "difficult") or "0") in ("1", "true")
+    difficult = (_text(obj, "difficult") or "0").lower() in ("1", "true")
     return Shape(str(label), "rectangle", points, index, difficult=difficult), []
 
 
