@@ -29,6 +29,11 @@ LOSSES = ("ce", "dice", "ce_dice")
 UPSAMPLE_MODES = ("bilinear", "transpose")
 AMP_MODES = ("auto", "bf16", "off")
 SWITCHES = ("auto", "on", "off")
+#: convert.difficult: objects flagged difficult are drawn as their class, or as ignore (255).
+DIFFICULT_MODES = ("class", "ignore")
+#: convert.undrawable: a shape that cannot be drawn rejects its file, or its bounding box is
+#: drawn as ignore (255) and the rest of the file is converted.
+UNDRAWABLE_MODES = ("error", "ignore")
 #: Most pixel values a uint8 mask has for classes: 0..254 (255 is ignore).
 MAX_CLASSES = 254
 #: Most YAML nodes params.yaml may expand to (anchors and aliases included): a guard
@@ -69,6 +74,28 @@ class Labels:
     aliases: dict[str, str] = field(default_factory=dict)
 
 
+#: A pixel value of an existing mask: a palette index or grey level, or an (R, G, B) colour.
+MaskValue = int | tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class MaskSource:
+    """One entry of convert.masks: existing mask PNGs in the folders matching `masks`, each
+    paired with the image of the same name in the folder `images` (raw-relative globs;
+    each `*` / `**` in `images` takes the text its counterpart matched in `masks`), the mask
+    file named `<image stem><suffix>.png`; `values` maps pixel values to labels."""
+
+    masks: str
+    images: str
+    values: tuple[tuple[MaskValue, str], ...]
+    suffix: str = ""
+
+    @property
+    def colours(self) -> bool:
+        """True when the values are (R, G, B) colours, False for indices / grey levels."""
+        return any(isinstance(key, tuple) for key, _ in self.values)
+
+
 @dataclass(frozen=True)
 class ConvertParams:
     raw_dir: str = "data/raw"
@@ -80,6 +107,10 @@ class ConvertParams:
     line_width: int = _range(10, 1, 1000)  # Labelme's line/linestrip width in pixels
     point_radius: int = _range(5, 0, 1000)  # Labelme's point disc radius in pixels
     jobs: int = _range(0, 0, 1024)  # worker processes; 0 = all cores
+    difficult: str = _choice("class", DIFFICULT_MODES)  # objects flagged difficult
+    undrawable: str = _choice("error", UNDRAWABLE_MODES)  # shapes that cannot be drawn
+    # existing mask PNGs and how they pair with their images (see MaskSource)
+    masks: tuple[MaskSource, ...] = field(default=(), metadata={"parse": "masks"})
 
 
 @dataclass(frozen=True)
@@ -313,6 +344,15 @@ def _cross_checks(labels: Labels, sections: dict[str, Any]) -> list[str]:
         if any(not 0 <= w <= 1e6 for w in weights):
             problems.append(f"train.class_weights must be between 0 and 1e6, got "
                             f"{_short(list(weights))}")
+    convert: ConvertParams = sections["convert"]
+    known = {*labels.classes, *labels.ignore_labels, *labels.aliases}
+    for i, source in enumerate(convert.masks):
+        for value, label in source.values:
+            if label not in known:
+                close = difflib.get_close_matches(label, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"convert.masks entry {i}: values.{value} must name a class, "
+                                f"an ignore label or an alias, got {_short(label)}{hint}")
     pattern = sections["split"].group_pattern
     if pattern is not None:
         try:
@@ -346,6 +386,12 @@ def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> Any:
             continue
         meta = fields[key].metadata
         try:
+            if meta.get("parse") == "masks":
+                try:
+                    values[key] = parse_masks(value)
+                except MasksError as exc:
+                    problems.append(f"{source}: {prefix}{key} {exc}")
+                continue
             if "choices" in meta:
                 value = meta["switch"].get(value, value) if isinstance(value, bool) else value
             if "auto" in meta:
@@ -363,6 +409,109 @@ def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> Any:
     if problems:
         raise ParamsError("\n".join(problems))
     return cls(**values)
+
+
+class MasksError(ValueError):
+    """A convert.masks entry that is not valid; the text follows the key's name."""
+
+
+def parse_masks(raw: Any) -> tuple[MaskSource, ...]:
+    """convert.masks: a list of {masks, images, values[, suffix]} mappings (one mapping alone
+    is a list of one). Raises MasksError ("entry N: ... must be X, got Y")."""
+    if raw is None:
+        return ()
+    entries = [raw] if isinstance(raw, dict) else raw
+    if not isinstance(entries, list):
+        raise MasksError(f"must be {_MASKS_FORM}, got {_short(raw)}")
+    return tuple(_mask_source(entry, i) for i, entry in enumerate(entries))
+
+
+_MASKS_FORM = ("a list of {masks: <mask folders>, images: <their image folders>, values: "
+               "{<pixel value>: <label>}, suffix: <optional>} mappings")
+_MASK_KEYS = ("masks", "images", "values", "suffix")
+
+
+def _mask_source(entry: Any, i: int) -> MaskSource:
+    where = f"entry {i}"
+    if not isinstance(entry, dict):
+        raise MasksError(f"must be {_MASKS_FORM}, got {_short(entry)} as entry {i}")
+    unknown = [str(k) for k in entry if k not in _MASK_KEYS]
+    missing = [k for k in ("masks", "images", "values") if k not in entry]
+    if unknown or missing:
+        raise MasksError(f"{where} must have the keys masks, images, values (and suffix), "
+                         f"got {'unknown ' + str(unknown) if unknown else 'no ' + str(missing)}")
+    globs = []
+    for key in ("masks", "images"):
+        text = entry[key]
+        if not isinstance(text, str) or not text.strip("/ "):
+            raise MasksError(f"{where}: {key} must be a folder path, got {_short(text)}")
+        text = text.strip().strip("/")
+        if text.startswith("~") or ".." in text.split("/") or ":" in text:
+            raise MasksError(f"{where}: {key} must be a folder inside convert.raw_dir, got "
+                            f"{_short(text)}")
+        globs.append(text)
+    masks, images = globs
+    if _wildcards(masks) != _wildcards(images):
+        raise MasksError(f"{where}: images must use the same wildcards as masks (each * and ** "
+                        f"takes the text it matched there), got {masks!r} and {images!r}")
+    suffix = entry.get("suffix") or ""
+    if not isinstance(suffix, str) or "/" in suffix:
+        raise MasksError(f"{where}: suffix must be a file-name ending, got {_short(suffix)}")
+    if masks == images and not suffix:
+        raise MasksError(f"{where}: masks in the images' own folder need a suffix (the mask "
+                        f"of x.jpg is then x<suffix>.png), got none")
+    values = entry["values"]
+    if not isinstance(values, dict) or not values:
+        raise MasksError(f"{where}: values must map pixel values to labels, got "
+                        f"{_short(values)}")
+    pairs = []
+    for key, label in values.items():
+        value = mask_value(key)
+        if value is None:
+            raise MasksError(f"{where}: values key {_short(key)} must be a pixel value: an "
+                            f"integer (palette index or grey level) or a colour 'R,G,B' / "
+                            f"'#rrggbb'")
+        if not isinstance(label, str) or not label.strip():
+            raise MasksError(f"{where}: values.{key} must be a label, got {_short(label)}")
+        pairs.append((value, label))
+    kinds = {isinstance(v, tuple) for v, _ in pairs}
+    if len(kinds) > 1:
+        raise MasksError(f"{where}: values must be all integers or all colours, got both")
+    if len({v for v, _ in pairs}) != len(pairs):
+        raise MasksError(f"{where}: values must list each pixel value once")
+    return MaskSource(masks, images, tuple(sorted(pairs, key=lambda p: str(p[0]))), suffix)
+
+
+def mask_value(key: Any) -> MaskValue | None:
+    """A convert.masks values key as a pixel value: an int >= 0, or an (R, G, B) colour
+    written 'R,G,B', '(R, G, B)' or '#rrggbb'; None when it is neither."""
+    if isinstance(key, bool):
+        return None
+    if isinstance(key, int):
+        return key if 0 <= key <= 65535 else None
+    if not isinstance(key, str):
+        return None
+    text = key.strip()
+    if text.isdigit():
+        return mask_value(int(text))
+    if text.startswith("#") and len(text) == 7:
+        try:
+            return (int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16))
+        except ValueError:
+            return None
+    parts = [p.strip() for p in text.strip("()[] ").split(",")]
+    if len(parts) == 3 and all(p.isdigit() and int(p) <= 255 for p in parts):
+        return (int(parts[0]), int(parts[1]), int(parts[2]))
+    return None
+
+
+def _wildcards(glob: str) -> list[str]:
+    """The wildcards of a convert.masks folder glob, in order: "**" for a whole folder name
+    "**" (any number of folders), "*" for each star inside a name (any text but "/")."""
+    kinds: list[str] = []
+    for part in glob.split("/"):
+        kinds += ["**"] if part == "**" else ["*"] * re.sub(r"\*+", "*", part).count("*")
+    return kinds
 
 
 def _check_meta(value: Any, meta: Any) -> None:

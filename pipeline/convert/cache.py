@@ -24,7 +24,7 @@ from pipeline.storage.files import FileStamp, write_text
 
 #: Bump when a change in this stage (or in formats/validate/raster) changes its outputs:
 #: every cached sample is then converted again.
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 CACHE_FILE = ".convert-cache.json"
 
 Entry = dict[str, Any]  # one sample's cache entry, as JSON
@@ -103,6 +103,10 @@ def params_key(labels: Labels, cfg: ConvertParams) -> str:
         "line_width": cfg.line_width,
         "point_radius": cfg.point_radius,
         "max_repair_change": cfg.max_repair_change,
+        "difficult": cfg.difficult,
+        "undrawable": cfg.undrawable,
+        "masks": [[m.masks, m.images, m.suffix, [[list(v) if isinstance(v, tuple) else v, t]
+                                                   for v, t in m.values]] for m in cfg.masks],
     }
     return content_hash(json.dumps(relevant, sort_keys=True).encode())
 

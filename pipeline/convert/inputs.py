@@ -13,12 +13,13 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pipeline.convert import formats
 from pipeline.convert.cache import CODE_VERSION, MemoEntry, Observation, SampleFiles
 from pipeline.core.hashing import content_hash
+from pipeline.params import MaskSource
 from pipeline.storage.files import FileStamp, file_stamp, read_stamped, write_text
 
 #: An input changed less than this many seconds before it was read is not put in the hash
@@ -37,10 +38,11 @@ class NeedsRead(enum.Enum):
 NEEDS_READ = NeedsRead.NEEDS_READ
 
 
-def find_samples(raw_dir: Path) -> list[SampleFiles]:
-    """Every annotation under `raw_dir`, grouped by sample id; sorted by id."""
+def find_samples(raw_dir: Path, masks: Sequence[MaskSource] = ()) -> list[SampleFiles]:
+    """Every annotation under `raw_dir` (`masks`: convert.masks), grouped by sample id; sorted
+    by id."""
     grouped: dict[str, list[str]] = defaultdict(list)
-    for rel in formats.find_annotation_paths(raw_dir):
+    for rel in formats.find_annotation_paths(raw_dir, masks):
         grouped[rel.rpartition(".")[0]].append(rel)  # the sample id: no extension
     return [SampleFiles(i, tuple(sorted(grouped[i]))) for i in sorted(grouped)]
 

@@ -139,7 +139,7 @@ def _convert_sample(task: Task, write: Write) -> Outcome:
     records: list[Record] = []
     for annotation in sample.annotations:
         deps[annotation] = hash_input(raw_dir, annotation, stamps)
-        record, found = formats.read_annotation(raw_dir / annotation, raw_dir)
+        record, found = formats.read_annotation(raw_dir / annotation, raw_dir, task.cfg.masks)
         issues += found
         if record is not None:
             records.append(record)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.convert import cache, inputs, report
+from pipeline.convert import cache, formats, inputs, report
 from pipeline.convert.cache import Entry, MemoEntry, Observation, Outcome, SampleFiles
 from pipeline.convert.report import ConvertSummary
 from pipeline.convert.sample import Task, resolve_jobs, run_tasks
@@ -69,7 +69,7 @@ def run_convert(params: Params, *, jobs: int | None = None, progress: bool = Tru
             remove_temp_files(root)
 
     # 1. find the samples; decide from the cache which can be reused
-    samples = inputs.find_samples(raw_dir)
+    samples = inputs.find_samples(raw_dir, cfg.masks)
     pkey, tree = cache.params_key(labels, cfg), inputs.tree_signature(raw_dir)
     cache_path = out_dir / cache.CACHE_FILE
     entries = cache.load_cache(cache_path)
@@ -88,6 +88,7 @@ def run_convert(params: Params, *, jobs: int | None = None, progress: bool = Tru
     ordered = [outcomes[s.id] for s in samples]
     manifest = report.build_manifest(ordered, labels.classes)
     issues = report.sort_issues([*(i for o in ordered for i in o.issues),
+                                 *formats.skipped_files(raw_dir, cfg.masks),
                                  *report.duplicate_image_issues(ordered),
                                  *report.empty_class_issues(manifest, labels.classes,
                                                             params.source)])

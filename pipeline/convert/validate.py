@@ -4,8 +4,15 @@
 to draw, in file order, and every problem found as an Issue. Any error means convert leaves
 the file out; warnings are reported and the file is converted.
 
+Never background: a shape that cannot be drawn (unsupported_shape, point_count, mask_png,
+invalid_polygon) is an error, so its file is left out; with `convert.undrawable: ignore` the
+error becomes a warning and the shape's bounding box (its finite points, clipped to the image)
+is drawn as ignore (255) in its place. An object flagged difficult is drawn as its class, or
+as ignore with `convert.difficult: ignore`.
+
 Checks (name, severity), per shape unless said otherwise:
-- unsupported_shape (warning): a kind Labelme's converter cannot draw (e.g. "points"); skipped.
+- unsupported_shape (error): a kind no reader could turn into something drawable (Labelme's
+  "points", a LabelMe XML <segm> mask, a "rotation" without 4 corners).
 - unknown_label (error): not a class, ignore label or alias; names the closest class names.
 - label_alias (warning): matched through `aliases`.
 - label_case (warning): matched a class, ignore label or alias only when case and spacing
@@ -41,7 +48,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
@@ -68,6 +75,12 @@ from pipeline.core.records import (
 from pipeline.params import ConvertParams, Labels
 
 MakeIssue = Callable[[str, Severity, str], Issue]
+
+#: Shape kinds of other tools that are drawn as their 4 corners (a polygon) by the readers;
+#: one left with another point count cannot be drawn.
+CORNER_KINDS = ("rotation", "oriented_rectangle")
+#: Errors that mean "this shape cannot be drawn" (convert.undrawable decides what happens).
+UNDRAWABLE_CHECKS = ("unsupported_shape", "point_count", "mask_png", "invalid_polygon")
 
 
 @dataclass(frozen=True)
@@ -206,20 +219,24 @@ def check_record(
         file = shape.source or record.annotation
         # YOLO boxes with equal corners cover one pixel; VOC's reader reports its own zero boxes
         check_zero_box = not file.lower().endswith(".txt")
-        where = f"{file} shape {shape.index} ({shape.kind} {shape.label!r})"
-        if shape.kind not in DRAWABLE_KINDS:
-            issues.append(Issue(file, shape.index, "unsupported_shape", "warning",
-                                f"{where}: kind must be one of {', '.join(DRAWABLE_KINDS)}, "
-                                f"got {shape.kind!r}; skipped it"))
-            continue
+        where = _where(file, shape)
         if shape.label not in matches:
             matches[shape.label] = resolve_label(shape.label, labels)
         match = matches[shape.label]
         found = _label_issues(file, shape, match, where)
-        found += _geometry_issues(file, shape, where, width, height, cfg, check_zero_box)
-        issues += found
-        if match.value is not None and not is_error(found):
-            drawable.append((shape, match.value))
+        if shape.kind in DRAWABLE_KINDS:
+            geometry = _geometry_issues(file, shape, where, width, height, cfg, check_zero_box)
+        else:
+            geometry = [_unsupported(file, shape, where)]
+        geometry, marked = _undrawable(shape, geometry, width, height, cfg)
+        issues += found + geometry
+        if match.value is None or is_error(found + geometry):
+            continue
+        if marked is not None:
+            drawable.append((marked, IGNORE))
+        else:
+            ignored = shape.difficult and cfg.difficult == "ignore"
+            drawable.append((shape, IGNORE if ignored else match.value))
     file = record.annotation
     if not record.shapes:
         issues.append(Issue(file, None, "no_shapes", "warning",
@@ -229,6 +246,66 @@ def check_record(
                             f"{file}: none of its {len(record.shapes)} shapes can be drawn; "
                             f"its mask is all background"))
     return tuple(drawable), issues
+
+
+def _where(file: str, shape: Shape) -> str:
+    """How messages name a shape: file, index, kind (as the file names it) and label."""
+    if shape.tool_kind is not None:
+        return (f"{file} shape {shape.index} ({shape.tool_kind} {shape.label!r}, drawn as a "
+                f"{shape.kind})")
+    return f"{file} shape {shape.index} ({shape.kind} {shape.label!r})"
+
+
+def _unsupported(file: str, shape: Shape, where: str) -> Issue:
+    """The error for a kind that cannot be drawn (the caller may turn it into ignore)."""
+    if shape.kind in CORNER_KINDS:
+        problem = f"a {shape.kind} must have 4 corner points, got {len(shape.points)}"
+    else:
+        problem = (f"kind must be one of {', '.join(DRAWABLE_KINDS)} (or rotation, "
+                   f"oriented_rectangle), got {shape.kind!r}")
+    return Issue(file, shape.index, "unsupported_shape", "error", f"{where}: {problem}")
+
+
+def _undrawable(shape: Shape, geometry: list[Issue], width: int, height: int,
+                cfg: ConvertParams) -> tuple[list[Issue], Shape | None]:
+    """Never background: a shape that cannot be drawn stays an error (the file is left out),
+    or with convert.undrawable: ignore its bounding box becomes an ignore rectangle.
+
+    Returns the issues (the undrawable errors rewritten) and the ignore rectangle, if any."""
+    fatal = [i for i in geometry if i.severity == "error"]
+    if not fatal or any(i.check not in UNDRAWABLE_CHECKS for i in fatal):
+        return geometry, None
+    box = _ignore_box(shape, width, height) if cfg.undrawable == "ignore" else None
+    rest = [i for i in geometry if i.severity != "error"]
+    if cfg.undrawable == "error":
+        tail = ("; the file is left out (convert.undrawable: ignore would mark the shape's "
+                "bounding box as ignore and convert the rest)")
+        return [*rest, *(replace(i, message=i.message + tail) for i in fatal)], None
+    if box is None:
+        tail = "; it has no finite points inside the image, so nothing could be marked ignore"
+        return [*rest, *(replace(i, message=i.message + tail) for i in fatal)], None
+    (x0, y0), (x1, y1) = box
+    tail = (f"; marked its bounding box x {x0:g}..{x1:g}, y {y0:g}..{y1:g} as ignore (255) "
+            f"and converted the rest (convert.undrawable: ignore)")
+    marked = replace(shape, kind="rectangle", points=box, mask_png=None,
+                     tool_kind=shape.tool_kind or shape.kind)
+    return [*rest, *(replace(i, severity="warning", message=i.message + tail)
+                     for i in fatal)], marked
+
+
+def _ignore_box(shape: Shape, width: int, height: int
+                ) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The inclusive pixel box covering the shape's finite points, clipped to the image."""
+    points = [p for p in shape.points if all(math.isfinite(v) for v in p)]
+    if not points:
+        return None
+    x0 = max(0, math.floor(min(p[0] for p in points)))
+    y0 = max(0, math.floor(min(p[1] for p in points)))
+    x1 = min(width - 1, math.ceil(max(p[0] for p in points)))
+    y1 = min(height - 1, math.ceil(max(p[1] for p in points)))
+    if x1 < x0 or y1 < y0:
+        return None
+    return (float(x0), float(y0)), (float(x1), float(y1))
 
 
 def _label_issues(file: str, shape: Shape, match: LabelMatch, where: str) -> list[Issue]:
@@ -262,9 +339,10 @@ def _geometry_issues(file: str, shape: Shape, where: str, width: int, height: in
     n, exact, least = len(shape.points), EXACT_POINTS.get(shape.kind), MIN_POINTS[shape.kind]
     if (exact is not None and n != exact) or n < least:
         need = f"{exact}" if exact is not None else f"at least {least}"
-        return [issue("point_count", "error",
-                      f"a {shape.kind} must have {need} point{'s' if least > 1 else ''}, "
-                      f"got {n}")]
+        need += f" point{'s' if least > 1 else ''}"
+        if shape.kind == "rectangle":
+            need += " (or 4 corners)"
+        return [issue("point_count", "error", f"a {shape.kind} must have {need}, got {n}")]
     issues: list[Issue] = []
     if shape.kind == "rectangle" and check_zero_box:
         (xa, ya), (xb, yb) = shape.points

@@ -19,7 +19,8 @@ Severity = Literal["error", "warning"]
 IGNORE = 255
 
 #: Shape kinds the rasteriser draws. A reader passes any other kind through unchanged
-#: (e.g. Labelme's "points"), and validation reports it.
+#: (e.g. Labelme's "points"): validation makes it an error (or, with convert.undrawable:
+#: ignore, marks its bounding box as ignore), never background.
 DRAWABLE_KINDS = ("polygon", "rectangle", "circle", "line", "linestrip", "point", "mask")
 
 
@@ -34,6 +35,10 @@ class Shape:
     group_id: int | None = None
     mask_png: bytes | None = None  # kind "mask": the decoded PNG of the bbox-sized mask
     source: str | None = None  # annotation file it came from, set when records are merged
+    difficult: bool = False  # flagged difficult (VOC <difficult>1, X-AnyLabeling "difficult")
+    #: the file's own name for the shape when the reader drew it as another kind (an
+    #: X-AnyLabeling 4-point "rectangle" or "rotation" read as a "polygon"), for messages
+    tool_kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class Record:
 
     id: str  # annotation path relative to the raw dir without extension, posix ("batch3/img_001")
     annotation: str  # annotation path relative to the raw dir, posix
-    format: str  # "labelme" | "voc" | "yolo"
+    format: str  # "labelme" | "voc" | "yolo" | "labelme_xml" | "masks"
     image_path: str | None  # image relative to the raw dir (posix), None when only embedded
     image_data: bytes | None  # embedded image bytes (Labelme imageData), else None
     width: int | None  # declared image size; None when the file declares none

@@ -18,7 +18,7 @@ from pandera.errors import SchemaError, SchemaErrors
 from pipeline.core.manifest import IGNORE_COLUMN, MANIFEST_NAME, pixel_column
 
 _HASH = r"^[0-9a-f]{32}$"
-_FORMAT = r"^(labelme|voc|yolo)(\+(labelme|voc|yolo))*$"
+_FORMAT = r"^(labelme|voc|yolo|labelme_xml|masks)(\+(labelme|voc|yolo|labelme_xml|masks))*$"
 
 
 def _files_under(root: Path) -> set[str]:

@@ -172,3 +172,56 @@ def labelme(path: Path, shapes: list[dict], width: int | None, height: int | Non
     doc = labelme_doc(shapes, image_path, version=version, imageHeight=height,
                       imageWidth=width, imageData=b64(image) if embed and image else None)
     return write_json(path, doc)
+
+
+def xany_shape(label: str, kind: str, points: list[list[float]], **extra: Any) -> dict:
+    """A shape as X-AnyLabeling 2.x-4.x writes it (key order and extra keys included)."""
+    out: dict[str, Any] = {"label": label, "score": None, "points": points, "group_id": None,
+                           "description": "", "difficult": False, "shape_type": kind,
+                           "flags": {}, "attributes": {}, "kie_linking": []}
+    out.update(extra)
+    return out
+
+
+def xany_doc(shapes: list[dict], image_path: str = "img.png", width: int = 8,
+             height: int = 6, version: str = "2.4.0") -> dict:
+    """An X-AnyLabeling document: no imageData key at all, a top-level "text"."""
+    return {"version": version, "flags": {}, "shapes": shapes, "imagePath": image_path,
+            "imageHeight": height, "imageWidth": width, "text": ""}
+
+
+def labelme_xml(filename: str, objects: Sequence[str], size: tuple[int, int] | None = (8, 6),
+                folder: str = "") -> str:
+    """A LabelMe 3.0 XML as CVAT / Datumaro write it; `objects` are <object> bodies."""
+    parts = [f"<annotation><filename>{filename}</filename><folder>{folder}</folder>",
+             "<source><sourceImage></sourceImage><sourceAnnotation>CVAT</sourceAnnotation>"
+             "</source>"]
+    if size is not None:
+        parts.append(f"<imagesize><nrows>{size[1]}</nrows><ncols>{size[0]}</ncols></imagesize>")
+    parts += [f"<object>{body}</object>" for body in objects]
+    parts.append("</annotation>")
+    return "\n".join(parts)
+
+
+def labelme_xml_polygon(name: str, points: Sequence[tuple[float, float]], *, deleted: int = 0,
+                        index: int = 0, box: bool = False) -> str:
+    """One LabelMe XML <object> body with a <polygon> (a box with <type>bounding_box)."""
+    pts = "".join(f"<pt><x>{x}</x><y>{y}</y></pt>" for x, y in points)
+    kind = "<type>bounding_box</type>" if box else ""
+    return (f"<name>{name}</name><deleted>{deleted}</deleted><verified>0</verified>"
+            f"<occluded>no</occluded><date></date><id>{index}</id>{kind}"
+            f"<parts><hasparts></hasparts><ispartof></ispartof></parts>"
+            f"<polygon>{pts}<username></username></polygon><attributes></attributes>")
+
+
+def write_mask_png(path: Path, array: np.ndarray, mode: str | None = None,
+                   palette: Sequence[int] | None = None) -> Path:
+    """Write a mask PNG from a uint8 array (H x W: grey or palette indices; H x W x 3|4:
+    colours); `palette` makes it a palette PNG."""
+    image = Image.fromarray(array, mode) if mode else Image.fromarray(array)
+    if palette is not None:
+        image = image.convert("P") if image.mode != "P" else image
+        image.putpalette(list(palette))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, "PNG")
+    return path

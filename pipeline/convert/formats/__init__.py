@@ -2,36 +2,47 @@
 
 Public API (used by the convert stage):
 
-- `find_annotations(raw_dir)` lists the annotation files under a raw dir, sorted.
-- `read_annotation(path, raw_dir)` reads one file into `(Record | None, issues)`; it never raises
-  for a bad file. The record is None exactly when an issue is an error (the file is left out).
+- `find_annotations(raw_dir, masks)` lists the annotation files under a raw dir, sorted;
+  `skipped_files(raw_dir, masks)` the files that look like annotations but are not read, as
+  warnings for the report (`masks` is convert.masks).
+- `read_annotation(path, raw_dir, masks)` reads one file into `(Record | None, issues)`; it
+  never raises for a bad file. The record is None exactly when an issue is an error (the file
+  is left out).
 - `merge_records(records)` joins the records of one sample (boxes first, Labelme polygons last).
 
 Readers never rasterise and never decode images; they resolve the image file (which must exist
 inside the raw dir) or the embedded image bytes, and pass coordinates through in Labelme's
 continuous 0-based pixel frame (see pipeline/records.py).
 
-The small helpers below are shared by the reader modules (labelme, voc, yolo).
+The small helpers below are shared by the reader modules (labelme, voc, yolo, masks).
 """
 
 from __future__ import annotations
 
 import codecs
+import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
 
 from pipeline.core.records import Issue, Record, Shape, is_error
 from pipeline.storage.images import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:
+    from pipeline.params import MaskSource
 
 #: Name of LabelImg's class list that turns the .txt files beside and below it into YOLO labels.
 CLASSES_TXT = "classes.txt"
 
 #: Formats of box annotations; merged records draw these first, Labelme shapes over them.
+#: Existing masks come before them all: an annotation file of the same sample draws over it.
 BOX_FORMATS = ("voc", "yolo")
+FIRST_FORMATS = ("masks",)
 
-_READERS = {".json": "labelme", ".xml": "voc", ".txt": "yolo"}
+_READERS = {".json": "labelme", ".xml": "voc", ".txt": "yolo", ".png": "masks"}
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -178,56 +189,239 @@ def read_text(path: Path, file: str) -> tuple[str | None, list[Issue]]:
 
 # --------------------------------------------------------------------------- public API
 
+#: Largest JSON file whose content is looked at when the files are found (to tell a Labelme
+#: annotation from a config file); larger ones are always read as annotations.
+SNIFF_JSON_BYTES = 64 * 1024
+#: Bytes of an XML file looked at to find its root element.
+SNIFF_XML_BYTES = 4096
+#: Keys only a Labelme annotation has: a JSON file with one of them (and no shapes) is a
+#: broken annotation, reported, not a config file skipped.
+_LABELME_KEYS = ("shapes", "imagePath", "imageData", "imageHeight", "imageWidth")
+_COCO_KEYS = ("images", "annotations", "categories")
+#: Folders never searched: macOS archive junk (AppleDouble "._x" copies of every file).
+_JUNK_DIRS = ("__MACOSX",)
 
-def _has_classes_txt(directory: Path) -> bool:
-    return (directory / CLASSES_TXT).is_file()
+
+class Scan:
+    """What `scan` found under a raw dir: the annotation files, and the files it left out
+    with the reason (for the report)."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[str, str]] = []  # (raw-relative posix path, os.walk dirpath)
+        self.skipped: list[tuple[str, str]] = []  # (raw-relative posix path, reason)
+        self.no_class_list: list[str] = []  # .txt beside an image, no YOLO class list
 
 
-def find_annotations(raw_dir: Path) -> list[Path]:
+def find_annotations(raw_dir: Path, masks: Sequence[MaskSource] = ()) -> list[Path]:
     """All annotation files under `raw_dir`, sorted by their posix path relative to it.
 
-    Annotations are `.json` (Labelme), `.xml` (Pascal VOC) and `.txt` YOLO labels; a `.txt`
-    counts only when a `classes.txt` is in its dir or an ancestor dir inside `raw_dir`, and
-    `classes.txt` itself is not an annotation. Hidden files and dirs (".name") are skipped.
+    - `.json`: Labelme (and X-AnyLabeling) files. A JSON file of at most SNIFF_JSON_BYTES
+      that is an object with none of Labelme's keys and is not COCO (a tool's config, a
+      colour map) is not an annotation (`skipped_files` lists it).
+    - `.xml`: Pascal VOC and LabelMe XML; one whose root is neither <annotation> nor
+      <annotations> (CVAT, reported as such) is not an annotation.
+    - `.txt`: YOLO labels: below a class list (classes.txt, obj.names, a data.yaml with
+      names:) in its dir or an ancestor dir inside `raw_dir`, and with an image of the same
+      stem beside it or in the Ultralytics images/ folder (see yolo.image_dirs). Other .txt
+      files (README.txt, Darknet's train.txt, MOT's det.txt, labels whose image is missing)
+      are not annotations; `classes.txt` itself never is.
+    - `.png`: existing masks, only in the folders a `convert.masks` entry names.
+    Hidden files and dirs (".name") and `__MACOSX/` are skipped.
     """
-    return [Path(dirpath, rel.rpartition("/")[2]) for rel, dirpath in _walk_annotations(raw_dir)]
+    return [Path(dirpath, rel.rpartition("/")[2]) for rel, dirpath in scan(raw_dir, masks).found]
 
 
-def find_annotation_paths(raw_dir: Path) -> list[str]:
+def find_annotation_paths(raw_dir: Path, masks: Sequence[MaskSource] = ()) -> list[str]:
     """`find_annotations` as posix paths relative to `raw_dir` (what convert keys on)."""
-    return [rel for rel, _ in _walk_annotations(raw_dir)]
+    return [rel for rel, _ in scan(raw_dir, masks).found]
 
 
-def _walk_annotations(raw_dir: Path) -> list[tuple[str, str]]:
-    """(raw-relative posix path, dir as os.walk spells it) of every annotation, sorted."""
-    found: list[tuple[str, str]] = []
-    yolo_dirs: set[str] = set()  # dirs under which .txt files are YOLO labels
-    parents: dict[str, str] = {}  # dirpath -> its parent's dirpath, as os.walk spells them
+def skipped_files(raw_dir: Path, masks: Sequence[MaskSource] = ()) -> list[Issue]:
+    """The files `find_annotations` left out that may look like annotations, as warnings for
+    the report: one `skipped_file` per file (a JSON or XML file that is not an annotation, a
+    .txt below a YOLO class list that is not a label or has no image), and one `no_class_list`
+    for all the .txt files that look like YOLO labels but have no class list."""
+    from pipeline.convert.formats import yolo
+
+    found = scan(raw_dir, masks)
+    issues = [Issue(rel, None, "skipped_file", "warning", f"{rel}: not read: {reason}")
+              for rel, reason in found.skipped]
+    labels = [rel for rel in found.no_class_list if _looks_like_labels(raw_dir, rel)]
+    if labels:
+        top = os.path.commonpath([rel.rpartition("/")[0] or "." for rel in labels]) or "."
+        shown = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3
+                                         else "")
+        issues.append(Issue(top, None, "no_class_list", "warning",
+                            f"{len(labels)} .txt files look like YOLO labels (an image of the "
+                            f"same name, lines 'class cx cy w h') but no class list "
+                            f"({yolo.CLASS_LIST_HINT}) is in their folder or above it inside "
+                            f"the raw dir; ignored them: {shown}"))
+    return issues
+
+
+def scan(raw_dir: Path, masks: Sequence[MaskSource] = ()) -> Scan:
+    """Walk `raw_dir` once and sort its files into annotations and skipped files."""
+    from pipeline.convert.formats import masks as mask_format
+    from pipeline.convert.formats import yolo
+
+    listing = _listing(raw_dir)
+    stems = {rel_dir: {_stem(n) for n in names if _is_image_file(n)}
+             for rel_dir, (_, names) in listing.items()}
+    class_dirs = _class_list_dirs(listing, yolo.class_list_name)
+    result = Scan()
+    for rel_dir, (dirpath, names) in listing.items():
+        prefix = "" if rel_dir == "" else rel_dir + "/"
+        mask_source = mask_format.source_for(rel_dir, masks) if masks else None
+        for name in names:
+            rel, suffix = prefix + name, _suffix(name)
+            if suffix == ".json":
+                _sort(result, rel, dirpath, _json_problem(os.path.join(dirpath, name)))
+            elif suffix == ".xml":
+                _sort(result, rel, dirpath, _xml_problem(os.path.join(dirpath, name)))
+            elif suffix == ".txt" and name != CLASSES_TXT:
+                has_image = any(_stem(name) in stems.get(d, ()) for d in yolo.image_dirs(rel_dir))
+                if rel_dir in class_dirs:
+                    _sort(result, rel, dirpath, "" if has_image else _txt_problem(
+                        raw_dir, rel, rel_dir, class_dirs[rel_dir]))
+                elif has_image:
+                    result.no_class_list.append(rel)
+            elif (suffix == ".png" and mask_source is not None
+                  and mask_format.is_mask_name(name, mask_source[1])):
+                result.found.append((rel, dirpath))
+    result.found.sort()
+    result.skipped.sort()
+    result.no_class_list.sort()
+    return result
+
+
+def _listing(raw_dir: Path) -> dict[str, tuple[str, list[str]]]:
+    """raw-relative posix dir ("" = the raw dir) -> (dirpath as os.walk spells it, visible
+    file names), hidden and junk dirs left out."""
+    listing: dict[str, tuple[str, list[str]]] = {}
     for dirpath, dirnames, filenames in os.walk(raw_dir):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        parents.update((os.path.join(dirpath, d), dirpath) for d in dirnames)
-        if parents.get(dirpath) in yolo_dirs or _has_classes_txt(Path(dirpath)):
-            yolo_dirs.add(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _JUNK_DIRS)
         rel_dir = rel_posix(dirpath, raw_dir)
-        prefix = "" if rel_dir == "." else rel_dir + "/"
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            dot = name.rfind(".")
-            suffix = name[dot:].lower() if 0 < dot < len(name) - 1 else ""  # Path.suffix
-            if suffix == ".txt" and (name == CLASSES_TXT or dirpath not in yolo_dirs):
-                continue
-            if suffix in _READERS:
-                found.append((prefix + name, dirpath))
-    return sorted(found)
+        listing["" if rel_dir == "." else rel_dir] = (
+            dirpath, sorted(n for n in filenames if not n.startswith(".")))
+    return listing
 
 
-def read_annotation(path: Path, raw_dir: Path) -> tuple[Record | None, list[Issue]]:
+def _class_list_dirs(listing: dict[str, tuple[str, list[str]]],
+                     class_list_name: Callable[[str, list[str]], str | None]) -> dict[str, str]:
+    """raw-relative dir -> raw-relative path of the class list that governs its .txt files
+    (its own, else its nearest ancestor's inside the raw dir)."""
+    governing: dict[str, str] = {}
+    for rel_dir in sorted(listing, key=lambda d: (d.count("/") if d else -1, d)):
+        dirpath, names = listing[rel_dir]
+        own = class_list_name(dirpath, names)
+        if own is not None:
+            governing[rel_dir] = f"{rel_dir}/{own}" if rel_dir else own
+        elif rel_dir:
+            parent = rel_dir.rpartition("/")[0]
+            if parent in governing:
+                governing[rel_dir] = governing[parent]
+    return governing
+
+
+def _sort(result: Scan, rel: str, dirpath: str, problem: str) -> None:
+    if problem:
+        result.skipped.append((rel, problem))
+    else:
+        result.found.append((rel, dirpath))
+
+
+def _suffix(name: str) -> str:
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""  # Path.suffix
+
+
+def _stem(name: str) -> str:
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name  # Path.stem
+
+
+def _is_image_file(name: str) -> bool:
+    return _suffix(name) in IMAGE_SUFFIXES
+
+
+def _json_problem(path: str) -> str:
+    """Why a JSON file is not an annotation, or "" when it is (or may be) one: only small
+    files are looked at, and anything that does not parse is left to the reader to report."""
+    try:
+        if os.path.getsize(path) > SNIFF_JSON_BYTES:
+            return ""
+        with open(path, "rb") as f:
+            raw = f.read(SNIFF_JSON_BYTES + 1)
+    except OSError:
+        return ""
+    text, _ = decode_text(raw)
+    if text is None or '"shapes"' in text:
+        return ""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return ""
+    if not isinstance(data, dict) or any(k in data for k in (*_LABELME_KEYS, *_COCO_KEYS)):
+        return ""
+    keys = ", ".join(sorted(map(str, data))[:6]) or "none"
+    return f"a JSON file that is not a Labelme annotation (no 'shapes'; keys: {keys})"
+
+
+_XML_ROOT = re.compile(r"<([A-Za-z_][\w.\-:]*)")
+
+
+def _xml_problem(path: str) -> str:
+    """Why an XML file is not an annotation (its root element), or "" when it may be one."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(SNIFF_XML_BYTES)
+    except OSError:
+        return ""
+    text, _ = decode_text(raw)
+    if text is None:
+        return ""
+    text = re.sub(r"<\?.*?\?>|<!--.*?-->", "", text, flags=re.S)
+    if "<!" in text.split(">", 1)[0]:
+        return ""  # a DOCTYPE: the reader refuses it as unsafe
+    found = _XML_ROOT.search(text)
+    if found is None or found.group(1) in ("annotation", "annotations"):
+        return ""
+    return f"an XML file that is not an annotation (root <{found.group(1)}>, not <annotation>)"
+
+
+def _txt_problem(raw_dir: Path, rel: str, rel_dir: str, classes: str) -> str:
+    """Why a .txt below a YOLO class list is not read (it has no image)."""
+    from pipeline.convert.formats import yolo
+
+    where = " or ".join(repr(d or ".") for d in yolo.image_dirs(rel_dir))
+    stem = _stem(rel.rpartition("/")[2])
+    if _looks_like_labels(raw_dir, rel):
+        return (f"a YOLO label (classes from {classes}) without an image: no {stem}.<jpg|png|"
+                f"...> in {where}; skipped, not rejected")
+    return (f"not a YOLO label file (no image {stem}.<jpg|png|...> in {where}, and not "
+            f"'class cx cy w h' lines)")
+
+
+def _looks_like_labels(raw_dir: Path, rel: str) -> bool:
+    from pipeline.convert.formats import yolo
+
+    try:
+        raw = (Path(raw_dir) / rel).read_bytes()[:SNIFF_JSON_BYTES]
+    except OSError:
+        return False
+    text, _ = decode_text(raw)
+    return text is not None and yolo.looks_like_labels(text)
+
+
+def read_annotation(path: Path, raw_dir: Path, masks: Sequence[MaskSource] = ()
+                    ) -> tuple[Record | None, list[Issue]]:
     """Read one annotation file (format chosen by its suffix) into a Record and its issues.
 
-    Never raises for a bad file: the record is None exactly when an issue is an error.
+    `masks`: convert.masks, for `.png` mask files. Never raises for a bad file: the record is
+    None exactly when an issue is an error.
     """
     from pipeline.convert.formats import labelme, voc, yolo
+    from pipeline.convert.formats import masks as mask_format
 
     path, raw_dir = Path(path), Path(raw_dir)
     reader = _READERS.get(path.suffix.lower())
@@ -237,6 +431,8 @@ def read_annotation(path: Path, raw_dir: Path) -> tuple[Record | None, list[Issu
         return voc.read_voc(path, raw_dir)
     if reader == "yolo":
         return yolo.read_yolo(path, raw_dir)
+    if reader == "masks":
+        return mask_format.read_mask(path, raw_dir, masks)
     file = rel_posix(path, raw_dir)
     return None, [
         Issue(
@@ -244,7 +440,8 @@ def read_annotation(path: Path, raw_dir: Path) -> tuple[Record | None, list[Issu
             None,
             "unknown_format",
             "error",
-            f"{file}: annotation suffix must be one of .json, .xml, .txt, got {path.suffix!r}",
+            f"{file}: annotation suffix must be one of .json, .xml, .txt (or .png in a "
+            f"convert.masks folder), got {path.suffix!r}",
         )
     ]
 
@@ -265,7 +462,8 @@ def merge_records(records: Sequence[Record]) -> Record:
         raise ValueError(f"merge_records needs records of one sample id, got {ids}")
     if len(records) == 1:
         return records[0]
-    ordered = sorted(records, key=lambda r: (r.format not in BOX_FORMATS, r.annotation))
+    ordered = sorted(records, key=lambda r: (r.format not in FIRST_FORMATS,
+                                             r.format not in BOX_FORMATS, r.annotation))
     sized = [r for r in ordered if r.width is not None and r.height is not None]
     return Record(
         id=ids[0],

@@ -1,9 +1,15 @@
 """Labelme JSON (versions 3.x to 7.x) -> Record.
 
-What is accepted, as Labelme itself writes it over the years:
+What is accepted, as Labelme itself writes it over the years, and as X-AnyLabeling and
+AnyLabeling write it (the same format with more keys):
 - shapes of any `shape_type` (polygon, rectangle, circle, line, linestrip, point, mask, and
-  unknown ones such as "points", passed through for validation to report); files older than
-  3.4 have no `shape_type`: every shape is a polygon;
+  unknown ones such as "points", passed through for validation to report: an error, never
+  background); files older than 3.4 have no `shape_type`: every shape is a polygon;
+- X-AnyLabeling's 4-point `rectangle` (4 corners of an axis-aligned box = that box, 4 other
+  points = the quadrilateral), its `rotation` and Labelme 7's `oriented_rectangle` (4 corners,
+  drawn as their polygon); `difficult: true` sets Shape.difficult (convert.difficult decides);
+  every other extra key (score, description, attributes, kie_linking, direction, visible,
+  text, tags) is ignored: `visible: false` is a display setting and never drops a shape;
 - `mask` shapes: two bbox corners (fractional corners kept) + a base64 PNG -> Shape.mask_png;
 - `flags` as a list or a dict, `group_id` present, null or missing;
 - `imageData` embedded (base64 -> Record.image_data; convert uses it first, like Labelme) or
@@ -107,62 +113,60 @@ def _read_shape(raw: Any, index: int, file: str) -> tuple[Shape | None, list[Iss
     """One Labelme shape -> Shape, or None plus error issues naming the shape."""
     where = f"{file} shape {index}"
     if not isinstance(raw, dict):
-        return None, [
-            Issue(
-                file,
-                index,
-                "bad_shape",
-                "error",
-                f"{where} must be an object, got {type(raw).__name__}",
-            )
-        ]
+        return None, [Issue(file, index, "bad_shape", "error",
+                            f"{where} must be an object, got {type(raw).__name__}")]
     issues: list[Issue] = []
     label = raw.get("label")
     if not isinstance(label, str):
-        issues.append(
-            Issue(
-                file, index, "bad_label", "error", f"{where}: label must be a string, got {label!r}"
-            )
-        )
+        issues.append(Issue(file, index, "bad_label", "error",
+                            f"{where}: label must be a string, got {label!r}"))
     kind = raw.get("shape_type")
     if kind is None:  # Labelme < 3.4 has no shape_type: every shape is a polygon
         kind = "polygon"
     if not isinstance(kind, str):
-        issues.append(
-            Issue(
-                file,
-                index,
-                "bad_shape",
-                "error",
-                f"{where}: shape_type must be a string, got {kind!r}",
-            )
-        )
+        issues.append(Issue(file, index, "bad_shape", "error",
+                            f"{where}: shape_type must be a string, got {kind!r}"))
     points, problem = _points(raw.get("points"))
     if problem:
-        issues.append(
-            Issue(file, index, "bad_points", "error", f"{where}: points must be {problem}")
-        )
+        issues.append(Issue(file, index, "bad_points", "error",
+                            f"{where}: points must be {problem}"))
     mask_png = None
     if kind == "mask":
         mask_png, problem = _mask_png(raw.get("mask"))
         if problem:
-            issues.append(
-                Issue(file, index, "bad_mask", "error", f"{where}: mask must be {problem}")
-            )
+            issues.append(Issue(file, index, "bad_mask", "error",
+                                f"{where}: mask must be {problem}"))
     group_id, problem = _group_id(raw.get("group_id"))
     if problem:
-        issues.append(
-            Issue(
-                file,
-                index,
-                "bad_group_id",
-                "warning",
-                f"{where}: group_id must be an integer or null, got {problem}; ignored it",
-            )
-        )
+        issues.append(Issue(file, index, "bad_group_id", "warning",
+                            f"{where}: group_id must be an integer or null, got {problem}; "
+                            "ignored it"))
     if is_error(issues):
         return None, issues
-    return Shape(str(label), str(kind), points, index, group_id, mask_png), issues
+    kind, points, tool_kind = _tool_shape(str(kind), points)
+    return Shape(str(label), kind, points, index, group_id, mask_png,
+                 difficult=raw.get("difficult") in (True, 1), tool_kind=tool_kind), issues
+
+
+def _tool_shape(kind: str, points: tuple[Point, ...]
+                ) -> tuple[str, tuple[Point, ...], str | None]:
+    """X-AnyLabeling's and Labelme 7's 4-point kinds as something Labelme's converter draws:
+    (kind, points, the file's own kind when it differs).
+
+    - a `rectangle` of 4 points that are the corners of an axis-aligned box is that box (its
+      two corners, drawn exactly as a Labelme rectangle); 4 other points are the
+      quadrilateral (a polygon);
+    - `rotation` (X-AnyLabeling) and `oriented_rectangle` (Labelme 7) of 4 points are their
+      polygon. With another point count they stay as they are: validation reports them.
+    """
+    if len(points) != 4 or kind not in ("rectangle", "rotation", "oriented_rectangle"):
+        return kind, points, None
+    if kind == "rectangle":
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        corners = {(x, y) for x in (min(xs), max(xs)) for y in (min(ys), max(ys))}
+        if set(points) == corners:
+            return "rectangle", ((min(xs), min(ys)), (max(xs), max(ys))), None
+    return "polygon", points, kind
 
 
 def _points(raw: Any) -> tuple[tuple[Point, ...], str]:
@@ -248,78 +252,62 @@ def _resolve_image(
     raw dir is never read (error without embedded data, warning with it).
     """
     what = f"{file}: imagePath must name an image file inside the raw dir, got {raw!r}"
-    if isinstance(raw, str) and raw.strip():
-        text = raw.replace("\\", "/")
-        absolute = is_foreign_absolute(raw)
-        # a Windows drive path is foreign here: it never names a file on this machine
-        foreign = absolute and not PurePosixPath(text).is_absolute()
-        candidate = normalized(Path(text) if absolute else path.parent / text)
-        inside = not foreign and is_inside(candidate, raw_dir)
-        itself = candidate == normalized(path)
-        if inside and not itself and is_image_name(candidate.name) and candidate.is_file():
-            return rel_posix(candidate, raw_dir), []
-        if not inside and not absolute:
-            if embedded:
-                return None, [
-                    Issue(
-                        file,
-                        None,
-                        "image_outside_raw",
-                        "warning",
-                        f"{what} (outside it, never read); using the embedded imageData",
-                    )
-                ]
-            return None, [
-                Issue(
-                    file,
-                    None,
-                    "image_outside_raw",
-                    "error",
-                    f"{what} (outside it, never read) and there is no embedded imageData",
-                )
-            ]
-        reason = "an absolute path from another machine" if absolute else "no such image"
-        if itself:
-            reason = "the annotation itself"
-        elif inside and candidate.is_file():
-            reason = "not an image file name"
-    elif embedded:
-        return None, []  # no imagePath, the embedded image is the image
-    else:
-        reason = "no imagePath"
+    if not (isinstance(raw, str) and raw.strip()):
+        if embedded:
+            return None, []  # no imagePath, the embedded image is the image
+        return _fallback_image(what, "no imagePath", path, raw_dir, file, embedded=False)
+    found, reason, outside = _named_image(raw, path, raw_dir)
+    if found is not None:
+        return found, []
+    if outside:
+        return None, [_outside_issue(what, file, embedded)]
+    return _fallback_image(what, reason, path, raw_dir, file, embedded=embedded)
 
+
+def _named_image(raw: str, path: Path, raw_dir: Path) -> tuple[str | None, str, bool]:
+    """The image imagePath names: (raw-relative path, "", False) when it is usable, else
+    (None, why not, whether it leads out of the raw dir)."""
+    text = raw.replace("\\", "/")
+    absolute = is_foreign_absolute(raw)
+    # a Windows drive path is foreign here: it never names a file on this machine
+    foreign = absolute and not PurePosixPath(text).is_absolute()
+    candidate = normalized(Path(text) if absolute else path.parent / text)
+    inside = not foreign and is_inside(candidate, raw_dir)
+    itself = candidate == normalized(path)
+    if inside and not itself and is_image_name(candidate.name) and candidate.is_file():
+        return rel_posix(candidate, raw_dir), "", False
+    if not inside and not absolute:
+        return None, "outside it, never read", True
+    reason = "an absolute path from another machine" if absolute else "no such image"
+    if itself:
+        reason = "the annotation itself"
+    elif inside and candidate.is_file():
+        reason = "not an image file name"
+    return None, reason, False
+
+
+def _outside_issue(what: str, file: str, embedded: bool) -> Issue:
     if embedded:
-        return None, [
-            Issue(
-                file,
-                None,
-                "image_path_wrong",
-                "warning",
-                f"{what} ({reason}); using the embedded imageData",
-            )
-        ]
+        return Issue(file, None, "image_outside_raw", "warning",
+                     f"{what} (outside it, never read); using the embedded imageData")
+    return Issue(file, None, "image_outside_raw", "error",
+                 f"{what} (outside it, never read) and there is no embedded imageData")
+
+
+def _fallback_image(what: str, reason: str, path: Path, raw_dir: Path, file: str, *,
+                    embedded: bool) -> tuple[str | None, list[Issue]]:
+    """imagePath is of no use: the embedded data, else a same-stem image beside the JSON."""
+    if embedded:
+        return None, [Issue(file, None, "image_path_wrong", "warning",
+                            f"{what} ({reason}); using the embedded imageData")]
     beside = find_image_by_stem(path.parent, path.stem)
     if beside is not None and is_inside(beside, raw_dir):
         found = rel_posix(beside, raw_dir)
-        return found, [
-            Issue(
-                file,
-                None,
-                "image_path_wrong",
-                "warning",
-                f"{what} ({reason}); using {found!r} beside the JSON",
-            )
-        ]
-    return None, [
-        Issue(
-            file,
-            None,
-            "image_missing",
-            "error",
-            f"{what} ({reason}), and there is no embedded imageData nor an image "
-            f"named {path.stem!r} beside the JSON",
-        )
-    ]
+        return found, [Issue(file, None, "image_path_wrong", "warning",
+                             f"{what} ({reason}); using {found!r} beside the JSON")]
+    return None, [Issue(file, None, "image_missing", "error",
+                        f"{what} ({reason}), and there is no embedded imageData nor an image "
+                        f"named {path.stem!r} beside the JSON")]
 
 
 def _declared_size(data: dict[str, Any], file: str) -> tuple[int | None, int | None, list[Issue]]:

@@ -196,7 +196,8 @@ def test_bad_objects_are_reported(raw: Path) -> None:
             "img.xml object 1: <bndbox> xmin/ymin/xmax/ymax must be numbers, "
             "got xmin='a', xmax='nan'",
         ),
-        (2, "bad_box", "img.xml object 2: must have a <bndbox>, got none"),
+        (2, "bad_box", "img.xml object 2 (dog): must have a <bndbox> (Pascal VOC) or a "
+                "<polygon> (LabelMe XML), got neither"),
     ]
 
 
@@ -244,7 +245,8 @@ def test_corrupt_and_non_voc_xml(raw: Path) -> None:
     record, issues = read(write_text(raw / "svg.xml", "<svg><rect/></svg>"), raw)
     assert record is None
     assert [i.message for i in issues] == [
-        "svg.xml must be a Pascal VOC annotation (root <annotation>), got root <svg>"
+        "svg.xml must be a Pascal VOC or LabelMe XML annotation (root <annotation>): got root "
+        "<svg>"
     ]
 
 

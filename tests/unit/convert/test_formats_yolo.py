@@ -109,13 +109,14 @@ def test_bad_lines_are_errors_and_good_files_still_read(raw: Path) -> None:
         (
             1,
             "bad_line",
-            "img.txt line 2: must be 'class cx cy w h' (5 fields), got '0 0.5 0.5 0.2'",
+            "img.txt line 2: must be 'class cx cy w h' (a box) or 'class x1 y1 x2 y2 x3 y3 ...' "
+            "(a polygon of 3 or more points), got 3 numbers in '0 0.5 0.5 0.2'",
         ),
         (2, "bad_line", "img.txt line 3: class must be an integer index, got 'cat'"),
-        (3, "bad_line", "img.txt line 4: cx cy w h must be numbers, got '0.5 x 0.2 0.4'"),
+        (3, "bad_line", "img.txt line 4: coordinates must be numbers, got '0.5 x 0.2 0.4'"),
         (4, "bad_class", "img.txt line 5: class index must be in 0..1, got 2"),
         (5, "bad_class", "img.txt line 6: class index must be in 0..1, got -1"),
-        (6, "bad_line", "img.txt line 7: cx cy w h must be finite, got 'nan 0.5 0.2 0.4'"),
+        (6, "bad_line", "img.txt line 7: coordinates must be finite, got 'nan 0.5 0.2 0.4'"),
         (
             7,
             "zero_box",
@@ -237,19 +238,24 @@ def test_exif_rotation_swapping_axes_uses_rotated_size(
 def test_find_annotations_picks_the_right_files(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     files = {
-        "b/x.json": "{}",
+        "b/x.json": '{"shapes": []}',
+        "b/colours.json": '{"colors": {"cat": [1, 2, 3]}}',  # a tool's config: skipped
         "a/y.xml": "<annotation/>",
         "a/notes.txt": "free text without classes.txt",
         "yolo/classes.txt": "cat\n",
         "yolo/f 1.txt": "",
+        "yolo/f 1.png": "",
+        "yolo/README.txt": "not a label: no image of its name",
         "yolo/sub/f2.TXT": "",
+        "yolo/sub/f2.jpg": "",
         "yolo/sub/.hidden.txt": "",
         ".git/config.json": "{}",
         "b/.cache/z.json": "{}",
         "b/.x.json": "{}",
         "b/readme.md": "",
         "b/photo.jpg": "",
-        "C.JSON": "{}",
+        "C.JSON": '{"version": "5.0.1", "imagePath": "c.jpg"}',  # broken Labelme: read
+        "__MACOSX/yolo/._f 1.txt": "",
     }
     for name, text in files.items():
         write_text(raw / name, text)

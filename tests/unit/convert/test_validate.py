@@ -30,6 +30,9 @@ W, H = 20, 10
 FILE = "batch/img.json"
 
 GOOD = Shape("car", "rectangle", ((1, 1), (4, 4)), 0)  # first in every record below
+#: what an undrawable shape's error adds (convert.undrawable: error, the default)
+LEFT_OUT = ("; the file is left out (convert.undrawable: ignore would mark the shape's "
+            "bounding box as ignore and convert the rest)")
 
 
 def record(*shapes: Shape, fmt: str = "labelme", annotation: str = FILE) -> Record:
@@ -136,12 +139,13 @@ def test_alias_and_case_matches_are_warnings_and_are_drawn() -> None:
     assert [(s.index, v) for s, v in pairs] == [(0, 1), (1, 1), (2, 2), (3, 255)]
 
 
-def test_unsupported_kind_is_skipped_with_a_warning() -> None:
-    pairs, issues = check(shape("points", (3, 3), (4, 4)), shape("point", (6, 3), index=2))
-    assert found(issues) == [(1, "unsupported_shape", "warning")]
-    assert "kind must be one of polygon, rectangle, circle, line, linestrip, point, mask, " \
-           "got 'points'; skipped it" in issues[0].message
-    assert [(s.index, v) for s, v in pairs] == [(0, 1), (2, 2)]
+def test_unsupported_kind_is_an_error_never_background() -> None:
+    # (was a warning that drew the object as background; see test_undrawable.py for the rest)
+    _, issues = check(shape("points", (3, 3), (4, 4)), shape("point", (6, 3), index=2))
+    assert found(issues) == [(1, "unsupported_shape", "error")]
+    assert "kind must be one of polygon, rectangle, circle, line, linestrip, point, mask " \
+           "(or rotation, oriented_rectangle), got 'points'; the file is left out" \
+           in issues[0].message
 
 
 # ---------------------------------------------------------------- check_record: geometry
@@ -159,7 +163,8 @@ def test_non_finite_coordinates_are_an_error(bad: float) -> None:
     ("polygon", ((1, 1), (5, 5)), "a polygon must have at least 3 points, got 2"),
     ("circle", ((1, 1),), "a circle must have 2 points, got 1"),
     ("circle", ((1, 1), (2, 2), (3, 3)), "a circle must have 2 points, got 3"),
-    ("rectangle", ((1, 1), (2, 2), (3, 3)), "a rectangle must have 2 points, got 3"),
+    ("rectangle", ((1, 1), (2, 2), (3, 3)),
+         "a rectangle must have 2 points (or 4 corners), got 3"),
     ("point", ((1, 1), (2, 2)), "a point must have 1 point, got 2"),
     ("point", (), "a point must have 1 point, got 0"),
     ("line", ((1, 1),), "a line must have at least 2 points, got 1"),
@@ -169,7 +174,7 @@ def test_non_finite_coordinates_are_an_error(bad: float) -> None:
 def test_wrong_point_count_is_an_error(kind: str, points, message: str) -> None:
     pairs, issues = check(Shape("person", kind, points, 1))
     assert found(issues) == [(1, "point_count", "error")]
-    assert issues[0].message == f"batch/img.json shape 1 ({kind} 'person'): {message}"
+    assert issues[0].message == f"batch/img.json shape 1 ({kind} 'person'): {message}{LEFT_OUT}"
     assert [(s.index, v) for s, v in pairs] == [(0, 1)]
 
 
@@ -338,7 +343,7 @@ def test_mask_bbox_corners_in_the_wrong_order_are_an_error() -> None:
     pairs, issues = check(shape("mask", (7, 3), (5, 2), mask_png=png(np.ones((2, 3), np.uint8))))
     assert found(issues) == [(1, "mask_png", "error")]
     assert issues[0].message.endswith("a mask bbox must go from its top-left to its bottom-right "
-                                      "corner, got (7, 3) -> (5, 2)")
+                                      "corner, got (7, 3) -> (5, 2)" + LEFT_OUT)
     assert [(s.index, v) for s, v in pairs] == [(0, 1)]
 
 
@@ -373,9 +378,11 @@ def test_record_with_no_shapes_warns() -> None:
     only_points = Record("a", "a.json", "labelme", "a.png", None, W, H,
                          (shape("points", (1, 1), (2, 2), index=0),))
     pairs, issues = check_record(only_points, W, H, LABELS, CFG)
-    assert found(issues) == [(0, "unsupported_shape", "warning"), (None, "no_shapes", "warning")]
-    assert issues[1].message == ("a.json: none of its 1 shapes can be drawn; its mask is all "
-                                 "background")
+    assert found(issues) == [(0, "unsupported_shape", "error")]  # never all background
+    unknown = Record("a", "a.json", "labelme", "a.png", None, W, H,
+                     (shape("point", (1, 1), label="nope", index=0),))
+    pairs, issues = check_record(unknown, W, H, LABELS, CFG)
+    assert found(issues) == [(0, "unknown_label", "error")]
 
 
 def test_merged_record_reports_each_issue_against_the_shapes_own_file() -> None:
