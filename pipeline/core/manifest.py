@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +80,7 @@ class Splits:
 
     assignments: Mapping[str, str]
     version: int | None  # None: the file does not say
+    groups: Mapping[str, str] = field(default_factory=dict)  # id -> split group, when given
 
 
 def read_manifest(path: str | Path, classes: Sequence[str]) -> Manifest:
@@ -144,7 +145,9 @@ def read_splits(path: str | Path) -> Splits | None:
             raise InputError(f"{path}: version must be one integer on every row, got "
                              f"{values[:3]}")
         version = int(values[0])
-    return Splits(assignments={r["id"]: r["split"] for r in records}, version=version)
+    groups = {r["id"]: r["group"] for r in records} if "group" in header else {}
+    return Splits(assignments={r["id"]: r["split"] for r in records}, version=version,
+                  groups=groups)
 
 
 def select(manifest: Manifest, splits: Splits, split: str, source: str = "splits.csv"

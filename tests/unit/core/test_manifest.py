@@ -76,7 +76,8 @@ def test_a_broken_splits_csv_is_an_error_naming_the_line(tmp_path: Path) -> None
     assert str(err.value) == (f"{path}: split must be one of ['train', 'val', 'benchmark'], "
                               f"got line 3: 'test'")
     path.write_text("id,group,split\na,a,train\nb,b,val\n", encoding="utf-8")
-    assert read_splits(path) == Splits(assignments={"a": "train", "b": "val"}, version=None)
+    assert read_splits(path) == Splits(assignments={"a": "train", "b": "val"}, version=None,
+                                       groups={"a": "a", "b": "b"})
     assert read_splits(tmp_path / "absent.csv") is None
     path.write_text("id,split,version\na,train,1\na,val,1\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"ids must be unique, got repeated \['a'\]"):
