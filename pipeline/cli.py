@@ -29,6 +29,8 @@ COMMANDS = {
     "compare": ("pipeline.tools.compare:command", "Gate: compare metrics with a git revision."),
     "history": ("pipeline.tools.history:command",
                 "mIoU and per-class IoU across the committed data versions."),
+    "report": ("pipeline.tools.report_html:command",
+               "One self-contained HTML report: data, split, training, metrics, review."),
 }
 
 

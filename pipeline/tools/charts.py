@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 #: Distinct colours for series without their own (Tableau 10).
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
            "#ff9da7", "#9c755f", "#bab0ac")
 _FONT = 'font-family="sans-serif" font-size="11"'
+Scale = Callable[[float], float]  # a data coordinate -> its pixel position
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
 
 
 def _axes(left: float, top: float, plot_w: float, plot_h: float, x_ticks: Sequence[float],
-          y_ticks: Sequence[float], x_names: Sequence[str], log_y: bool, px, py) -> list[str]:
+          y_ticks: Sequence[float], x_names: Sequence[str], log_y: bool, px: Scale,
+          py: Scale) -> list[str]:
     """Frame, grid lines and tick labels."""
     parts = [f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
              'stroke="#888"/>']
@@ -120,7 +122,7 @@ def _axes(left: float, top: float, plot_w: float, plot_h: float, x_ticks: Sequen
     return parts
 
 
-def _polylines(s: Series, colour: str, log_y: bool, px, py) -> list[str]:
+def _polylines(s: Series, colour: str, log_y: bool, px: Scale, py: Scale) -> list[str]:
     """One polyline per run of defined points (a None or non-positive-on-log y breaks it);
     a lone point is a dot."""
     runs: list[list[str]] = [[]]
