@@ -230,6 +230,9 @@ def _drop(row: Row, drop: float, what: str, key: str, limit: float, gate: GatePa
         notes.append(f"{what} dropped {drop:.4f} > {key} {limit:g}, but its interval "
                      f"{_fmt_interval(row.interval)} contains 0: within the noise, passed")
         return []
+    if gate.significant and row.interval is not None:
+        return [f"{what} dropped {drop:.4f} > {key} {limit:g} and its interval "
+                f"{_fmt_interval(row.interval)} excludes 0"]
     return [f"{what} dropped {drop:.4f} > {key} {limit:g}"]
 
 

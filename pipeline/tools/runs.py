@@ -320,7 +320,7 @@ def _image_section(section: Any, name: str, classes: tuple[str, ...], problems: 
         problems.append(f"{name}: image ids must be unique")
     if problems:
         return None
-    order = np.argsort(np.array(ids, dtype=object), kind="stable") if ids else np.array([], int)
+    order = sorted(range(len(ids)), key=ids.__getitem__)  # by id, as evaluate writes them
     shape = (len(ids), len(classes))
     return ImageCounts(eval_fingerprint=str(fingerprint), classes=classes,
                        ids=tuple(ids[i] for i in order), groups=tuple(groups[i] for i in order),
