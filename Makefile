@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	segpipe demo-data data/raw --if-empty
 	dvc repro
-	@echo "Report: reports/eval/report.md   metrics: reports/metrics.json"
+	@echo "Report: reports/report.html (open it in a browser)   reports/eval/report.md   metrics: reports/metrics.json"
 
 test: setup
 	pytest

@@ -57,6 +57,14 @@ SETS = {s.name: s for s in (
             "Labelme 3.16 polygons, 18 photos, imageData embedded"),
     DataSet("raccoon", "raccoon-voc", ("background", "raccoon"),
             "LabelImg Pascal VOC boxes drawn as masks, 200 web photos of mixed sizes"),
+    DataSet("uav75", "uav75-crack-masks", ("background", "crack", "planking"),
+            "existing RGBA colour masks of drone photos, cracks 1 px wide",
+            {"convert": {"masks": [{"masks": "*_lab", "images": "*_img", "values": {
+                "0,0,0": "background", "255,255,255": "crack", "204,204,204": "planking"}}]}}),
+    DataSet("squirrels", "pylabel-squirrels-yolo", ("background", "Squirrel", "Nut"),
+            "YOLOv5 boxes drawn as masks (11 CCTV frames, small nuts)"),
+    DataSet("coco8", "coco8-yolo", (), "Ultralytics YOLO boxes drawn as masks, 8 COCO photos, "
+            "80 classes declared (12 present)"),
     DataSet("m2nist", "m2nist", ("background", *(str(d) for d in range(10))),
             "M2NIST-style digits (scikit-learn's real handwriting), unseen digits as benchmark",
             {"split": {"val_fraction": 0.1, "benchmark": "benchmark.txt"},
@@ -86,7 +94,8 @@ def prepare(ds: DataSet, work: Path, m2nist: tuple[int, int]) -> None:
         raw = REALDATA / ds.source
         if not raw.is_dir():
             raise SystemExit(f"{raw}: not found (the real data lives in ../shared/realdata)")
-    base = {"classes": list(ds.classes),
+    classes = list(ds.classes) or coco_classes(raw)
+    base = {"classes": classes,
             "convert": {"raw_dir": str(raw), "max_error_fraction": 1.0,
                         **ds.params.get("convert", {})},
             "split": {"val_fraction": 0.2, **ds.params.get("split", {})}}
@@ -94,6 +103,12 @@ def prepare(ds: DataSet, work: Path, m2nist: tuple[int, int]) -> None:
     if not (work / "data" / "splits" / "splits.csv").is_file():
         for stage in ("convert", "split"):
             run([stage], work)
+
+
+def coco_classes(raw: Path) -> list[str]:
+    """background + data.yaml's names, in class-id order."""
+    names = yaml.safe_load((raw / "data.yaml").read_text(encoding="utf-8"))["names"]
+    return ["background", *(names[i] for i in sorted(names))]
 
 
 def recipe_params(ds: DataSet, work: Path, recipe: str, seed: int) -> Path:

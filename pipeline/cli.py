@@ -1,4 +1,5 @@
-"""The `segpipe` command: one subcommand per stage, plus predict, demo-data and compare.
+"""The `segpipe` command: one subcommand per stage, plus predict, demo-data, compare and
+history.
 
 Each subcommand is a click command defined next to the code it runs and imported only when
 it is invoked, so `segpipe convert --help` never imports torch. A DVC stage `segpipe X` runs
@@ -29,6 +30,10 @@ COMMANDS = {
                 "Write palette masks (and Labelme files) for new images."),
     "demo-data": ("pipeline.tools.demo:command", "Write the synthetic sample dataset."),
     "compare": ("pipeline.tools.compare:command", "Gate: compare metrics with a git revision."),
+    "history": ("pipeline.tools.history:command",
+                "mIoU and per-class IoU across the committed data versions."),
+    "report": ("pipeline.tools.report_html:command",
+               "One self-contained HTML report: data, split, training, metrics, review."),
 }
 
 

@@ -172,6 +172,7 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     metrics_path: str = "reports/metrics.json"
+    images_path: str = "reports/images.json"  # per image: split group, intersection, union
     out_dir: str = "reports/eval"
     batch_size: int = _range(16, 1, 4096)
     worst_k: int = _range(8, 0, 1000)  # overlays for the k worst val images
@@ -202,6 +203,21 @@ class ReviewParams:
 class GateParams:
     max_drop: float = _range(0.02, 0.0, 1.0)  # largest allowed drop of mIoU
     max_class_drop: float = _range(0.05, 0.0, 1.0)  # largest allowed drop of any class's IoU
+    # fail only on drops past the threshold whose bootstrap interval also excludes zero
+    significant: bool = False
+    confidence: float = _range(0.95, 0.5, 1.0, high_open=True)  # of the bootstrap interval
+    resamples: int = _range(2000, 100, 100_000)  # bootstrap resamples of the eval set's groups
+    seed: int = _range(0, 0)  # the bootstrap's random seed: same seed, same interval
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    path: str = "reports/report.html"  # the self-contained HTML report
+    review_dir: str = "reports/review"  # review.csv and overlays/ of the label-review stage
+    thumbnails: int = _range(40, 0, 1000)  # most files with problems drawn as a thumbnail
+    thumbnail_size: int = _range(200, 32, 1024)  # longest side of a thumbnail (px)
+    max_issues: int = _range(500, 1, 1_000_000)  # most validation problems listed
+    review_rows: int = _range(20, 0, 10_000)  # rows of the label-review queue shown
 
 
 @dataclass(frozen=True)
@@ -212,6 +228,7 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     gate: GateParams
+    report: ReportParams
     review: ReviewParams = field(default_factory=ReviewParams)
     source: str = "params.yaml"  # the file they came from, for messages
 
@@ -223,6 +240,7 @@ _SECTIONS: dict[str, type] = {
     "evaluate": EvaluateParams,
     "gate": GateParams,
     "review": ReviewParams,
+    "report": ReportParams,
 }
 _LABEL_KEYS = tuple(f.name for f in dataclasses.fields(Labels))
 

@@ -10,6 +10,9 @@ Outputs (paths from params.yaml):
     evaluate.metrics_path        metrics.json: miou, miou_fg, aacc, iou/dice/precision/recall/
                                  support per class, n_images, eval_fingerprint, data_fingerprint,
                                  split, and "benchmark": {the same} when a benchmark set exists
+    evaluate.images_path         images.json: per eval set, each image's split group and its
+                                 per-class intersection and union pixel counts (what the gate's
+                                 bootstrap resamples; committed like the metrics)
     evaluate.out_dir/
         report.md                the page a person reads first
         per_class.csv            class, iou, dice, precision, recall, support (DVC bar plot)
@@ -22,9 +25,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +191,26 @@ def confusion_csv(m: SegMetrics) -> str:
     return _csv_text(("gt", "pred", "count"), rows)
 
 
+def images_json(results: Sequence[EvalResult], groups: Mapping[str, str],
+                classes: Sequence[str]) -> str:
+    """images.json: the classes, then per eval set its fingerprint and one line per image
+    (sorted by id): id, split group (the id itself when splits.csv names none), and per class
+    the pixels predicted and annotated as it (intersection) and predicted or annotated as it
+    (union). Summed over images they give metrics.json's IoU exactly."""
+    sections = []
+    for result in results:
+        rows = [json.dumps({"id": s.id, "group": groups.get(s.id, s.id),
+                            "intersection": list(s.intersection), "union": list(s.union)},
+                           ensure_ascii=False)
+                for s in sorted(result.scores, key=lambda s: s.id)]
+        # one image per line: a small, readable git diff when one image's counts change
+        sections.append(f"  {json.dumps(result.split)}: {{\n"
+                        f"    \"eval_fingerprint\": {json.dumps(result.eval_fingerprint)},\n"
+                        "    \"images\": [\n      " + ",\n      ".join(rows) + "\n    ]\n  }")
+    head = f"  \"classes\": {json.dumps(list(classes), ensure_ascii=False)}"
+    return "{\n" + ",\n".join([head, *sections]) + "\n}\n"
+
+
 def overlay_name(rank: int, sample_id: str) -> str:
     return f"{rank:02d}_{sample_id.replace('/', '__')}.png"
 
@@ -332,19 +356,22 @@ def run_evaluate(params: Params, *, progress: bool = True) -> dict[str, object]:
                if rows]
 
     # 4. the metrics, the tables, the overlays and the report
-    record = write_results(results, val, manifest, info, model_path, cfg)
+    record = write_results(results, val, manifest, info, model_path, cfg, splits.groups)
     for result in results:
         m = result.metrics
         click.echo(f"{result.split}: mIoU {_num(m.miou)} (without background "
                    f"{_num(m.miou_fg)}), aAcc {_num(m.aacc)} on {result.n_images} images",
                    err=True)
-    click.echo(f"wrote {cfg.metrics_path} and {Path(cfg.out_dir) / 'report.md'}", err=True)
+    click.echo(f"wrote {cfg.metrics_path}, {cfg.images_path} and "
+               f"{Path(cfg.out_dir) / 'report.md'}", err=True)
     return record
 
 
 def write_results(results: Sequence[EvalResult], val: Sequence[ManifestRow], manifest: Manifest,
-                  info: ModelInfo, model_path: str, cfg: EvaluateParams) -> dict[str, object]:
-    """metrics.json, per_class.csv and confusion.csv per eval set, overlays, report.md."""
+                  info: ModelInfo, model_path: str, cfg: EvaluateParams,
+                  groups: Mapping[str, str]) -> dict[str, object]:
+    """metrics.json, images.json, per_class.csv and confusion.csv per eval set, overlays,
+    report.md."""
     out_dir = Path(cfg.out_dir)
     record = metrics_record(results[0], info.data_fingerprint)
     if len(results) > 1:
@@ -356,6 +383,7 @@ def write_results(results: Sequence[EvalResult], val: Sequence[ManifestRow], man
     overlays = write_overlays(results[0], val, manifest.root, info.classes, out_dir, cfg)
     write_text(out_dir / "report.md",
                report_markdown(results, model_path, info, overlays))
+    write_text(cfg.images_path, images_json(results, groups, info.classes))
     write_json(cfg.metrics_path, record)
     return record
 

@@ -61,7 +61,7 @@ from pipeline.storage.images import rgb_png_bytes
 
 KINDS = ("missing", "extra", "wrong_class", "boundary")
 COLUMNS = ("rank", "id", "annotation", "shape", "label", "kind", "score", "predicted", "area",
-           "confidence", "image_score", "x0", "y0", "x1", "y1")
+           "confidence", "image_score", "x0", "y0", "x1", "y1", "overlay")
 
 
 @dataclass(frozen=True)
@@ -383,14 +383,24 @@ def ranked(results: Sequence[Scored]) -> list[Suspect]:
     return sorted(suspects, key=lambda s: (-s.score, s.image_score, s.id, s.box))
 
 
-def review_csv(suspects: Sequence[Suspect]) -> str:
+def overlay_names(suspects: Sequence[Suspect], top: int) -> dict[str, str]:
+    """id -> overlays/NN_<id>.png for the images of the first `top` suspects, numbered in
+    order of first appearance (one picture per image)."""
+    names: dict[str, str] = {}
+    for s in suspects[:top]:
+        if s.id not in names:
+            names[s.id] = f"overlays/{len(names) + 1:02d}_{s.id.replace('/', '__')}.png"
+    return names
+
+
+def review_csv(suspects: Sequence[Suspect], overlays: Mapping[str, str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
     for rank, s in enumerate(suspects, start=1):
         writer.writerow([rank, s.id, s.annotation, "" if s.shape is None else s.shape, s.label,
                          s.kind, f"{s.score:.4f}", s.predicted, s.area, f"{s.confidence:.4f}",
-                         f"{s.image_score:.4f}", *s.box])
+                         f"{s.image_score:.4f}", *s.box, overlays.get(s.id, "")])
     return buffer.getvalue()
 
 
@@ -404,7 +414,8 @@ def write_outputs(params: Params, results: Sequence[Scored]) -> None:
     cfg = params.review
     out = Path(cfg.out_dir)
     suspects = ranked(results)
-    write_text(out / "review.csv", review_csv(suspects))
+    shown = overlay_names(suspects, cfg.top)
+    write_text(out / "review.csv", review_csv(suspects, shown))
     by_id = {r.row.id: r for r in results}
     overlay_dir = out / "overlays"
     if overlay_dir.is_dir():
@@ -417,12 +428,9 @@ def write_outputs(params: Params, results: Sequence[Scored]) -> None:
              "it; re-run `dvc repro`.", "",
              "| rank | kind | file | shape | label | predicted | score | image score | "
              "overlay |", "|---:|---|---|---:|---|---|---:|---:|---|"]
-    shown: dict[str, str] = {}
+    for image_id, name in shown.items():
+        write_bytes(out / name, overlay_png(params, by_id[image_id]))
     for rank, s in enumerate(suspects[:cfg.top], start=1):
-        if s.id not in shown:
-            name = f"{len(shown) + 1:02d}_{s.id.replace('/', '__')}.png"
-            write_bytes(overlay_dir / name, overlay_png(params, by_id[s.id]))
-            shown[s.id] = f"overlays/{name}"
         shape = "" if s.shape is None else str(s.shape)
         lines.append(f"| {rank} | {s.kind} | `{s.annotation}` | {shape} | {s.label} | "
                      f"{s.predicted} | {s.score:.3f} | {s.image_score:.3f} | "

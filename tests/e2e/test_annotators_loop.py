@@ -54,9 +54,15 @@ train:
 evaluate:
   worst_k: 2
   overlay_size: 64
+review:
+  folds: 2
+  steps: 40
+  top: 3
 gate:
   max_drop: 0.02
   max_class_drop: 0.05
+report:
+  thumbnails: 10
 """
 
 pytestmark = [
@@ -173,8 +179,11 @@ def test_annotators_loop_data_versions_and_the_gate(tmp_path: Path) -> None:
     repo.commit("pipeline, params and raw data")  # DVCLive needs a commit to exist
     first = repo.run("dvc", "repro")
     out = first.stdout + first.stderr
-    for stage in ("convert", "split", "train", "evaluate"):
+    for stage in ("convert", "split", "train", "evaluate", "review", "report"):
         assert f"Running stage '{stage}'" in out
+    page = (repo.root / "reports/report.html").read_text()
+    assert '<h2 id="review">Label review</h2>' in page and "No label-review queue" not in page
+    assert all(f'<tr data-file="{i}.json">' in page for i in rejected)  # with their problems
     assert convert_counts(out) == (N_BASE, N_BASE, 0)
     data_v1 = json.loads((repo.root / "reports/data.json").read_text())
     assert data_v1["files"]["converted"] == N_BASE - len(rejected)

@@ -16,7 +16,7 @@ from pipeline.cli import COMMANDS, cli
 README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
 SECTIONS = {"convert": params_module.ConvertParams, "split": params_module.SplitParams,
             "train": params_module.TrainParams, "evaluate": params_module.EvaluateParams,
-            "gate": params_module.GateParams}
+            "gate": params_module.GateParams, "report": params_module.ReportParams}
 
 
 def parameter_rows() -> dict[str, set[str]]:

@@ -200,6 +200,40 @@ def test_metrics_equal_those_recomputed_from_predict_outputs(
     assert not stale.exists()
 
 
+def test_images_json_has_each_images_group_and_counts_that_sum_to_the_metrics(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _dataset(tmp_path)
+    splits = tmp_path / "data" / "splits" / "splits.csv"
+    # img0 and img1 are frames of one scene: one split group, what the gate resamples
+    splits.write_text("id,group,split\nimg0,sceneA,val\nimg1,sceneA,val\nimg2,img2,benchmark\n"
+                      "img3,img3,train\n")
+    _model(tmp_path, constant=1)  # predicts "a" on every pixel
+    monkeypatch.chdir(tmp_path)
+    metrics = run_evaluate(load_params("params.yaml"), progress=False)
+    text = Path("reports/images.json").read_text()
+    val_fp = metrics["eval_fingerprint"]
+    bench_fp = metrics["benchmark"]["eval_fingerprint"]  # type: ignore[index]
+    # img0: 78 background + 30 a px scored (12 ignored); img1: 16 a + 48 b; img2: 30 b
+    assert text == """{
+  "classes": ["background", "a", "b"],
+  "val": {
+    "eval_fingerprint": "VAL",
+    "images": [
+      {"id": "img0", "group": "sceneA", "intersection": [0, 30, 0], "union": [78, 108, 0]},
+      {"id": "img1", "group": "sceneA", "intersection": [0, 16, 0], "union": [0, 64, 48]}
+    ]
+  },
+  "benchmark": {
+    "eval_fingerprint": "BENCH",
+    "images": [
+      {"id": "img2", "group": "img2", "intersection": [0, 0, 0], "union": [0, 30, 30]}
+    ]
+  }
+}
+""".replace("VAL", str(val_fp)).replace("BENCH", str(bench_fp))
+    assert metrics["iou"] == {"background": 0.0, "a": 46 / 172, "b": 0.0}  # = (30+16)/(108+64)
+
+
 def test_unusable_samples_are_all_named_and_nothing_is_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _dataset(tmp_path)

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from pipeline.core.records import IGNORE, Record, Shape
-from pipeline.learn.review import Region, assign_folds, find_regions, label_quality, owner
+from pipeline.learn.review import (
+    Region,
+    Suspect,
+    assign_folds,
+    find_regions,
+    label_quality,
+    overlay_names,
+    owner,
+    review_csv,
+)
 
 TYPICAL = [400.0, 100.0, 100.0]  # typical object area per class at this scale
 
@@ -100,3 +109,22 @@ def test_a_suspect_is_mapped_to_the_last_drawn_shape_covering_it() -> None:
     elsewhere = Region("extra", 1, 0, 4, 0.9, 0.9, (1, 1, 2, 2), np.ones((2, 2), bool))
     assert owner(record, elsewhere, (0.5, 0.5), [1, 2, 1], 10, 5) == big
     assert owner(record, elsewhere, (0.5, 0.5), [-1, -1, -1], 10, 5) is None  # no class
+
+
+def test_review_csv_ranks_suspects_and_names_one_overlay_per_shown_image() -> None:
+    def suspect(image: str, score: float, shape: int | None) -> Suspect:
+        return Suspect(image, f"{image}.json", shape, "circle", "missing", score, "circle", 50,
+                       0.9, 0.4, (1, 2, 3, 4))
+    suspects = [suspect("a/x", 0.9, 0), suspect("b", 0.5, None), suspect("a/x", 0.7, 2),
+                suspect("c", 0.3, 1)]
+    order = sorted(suspects, key=lambda s: -s.score)
+    names = overlay_names(order, top=3)  # a/x twice, then b: two pictures; c not shown
+    assert names == {"a/x": "overlays/01_a__x.png", "b": "overlays/02_b.png"}
+    lines = review_csv(order, names).splitlines()
+    assert lines[0] == ("rank,id,annotation,shape,label,kind,score,predicted,area,confidence,"
+                        "image_score,x0,y0,x1,y1,overlay")
+    assert lines[1:] == [
+        "1,a/x,a/x.json,0,circle,missing,0.9000,circle,50,0.9000,0.4000,1,2,3,4,overlays/01_a__x.png",
+        "2,a/x,a/x.json,2,circle,missing,0.7000,circle,50,0.9000,0.4000,1,2,3,4,overlays/01_a__x.png",
+        "3,b,b.json,,circle,missing,0.5000,circle,50,0.9000,0.4000,1,2,3,4,overlays/02_b.png",
+        "4,c,c.json,1,circle,missing,0.3000,circle,50,0.9000,0.4000,1,2,3,4,"]
