@@ -1,1 +1,2 @@
-"""Commands around the pipeline: the CI gate (compare), the sample data (demo)."""
+"""The report stage and the commands around the pipeline: the CI gate (compare), the trend
+(history), the sample data (demo)."""
