@@ -9,7 +9,9 @@ Public API (used by the convert stage):
 
 Readers never rasterise and never decode images; they resolve the image file (which must exist
 inside the raw dir) or the embedded image bytes, and pass coordinates through in Labelme's
-continuous 0-based pixel frame (see pipeline/records.py).
+continuous 0-based pixel frame (see pipeline/records.py). Names are matched lexically
+(`is_inside`); what is read must also resolve, symlinks followed, inside the raw dir or the
+repo's DVC cache (`read_problem`; convert checks every annotation and image with it).
 
 The small helpers below are shared by the reader modules (labelme, voc, yolo).
 """
@@ -17,12 +19,15 @@ The small helpers below are shared by the reader modules (labelme, voc, yolo).
 from __future__ import annotations
 
 import codecs
+import errno
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from pipeline.core.records import Issue, Record, Shape, is_error
+from pipeline.storage.files import read_stamped
 from pipeline.storage.images import IMAGE_SUFFIXES
 
 #: Name of LabelImg's class list that turns the .txt files beside and below it into YOLO labels.
@@ -95,6 +100,53 @@ def is_inside(path: Path | str, raw_dir: Path | str) -> bool:
     return target == top or target.startswith(_prefix(top))
 
 
+def read_problem(path: Path | str, raw_dir: Path | str) -> tuple[str, str] | None:
+    """Why the file at `path` must not be read, as (check, reason), or None when it may be.
+
+    It must resolve, symlinks followed, inside the raw dir or inside this repo's DVC cache
+    (DVC may link the raw files into `.dvc/cache`): anything else is "outside_raw", so a link
+    to a file elsewhere is never read, copied or quoted. A symlink loop, a dangling link or
+    anything but a regular file (a FIFO would block its reader) is "read_error"."""
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
+            return "read_error", "must be a readable file, got no such file"
+        what = "a symlink loop" if exc.errno == errno.ELOOP else "a dangling symlink" \
+            if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
+        return "read_error", f"must be a readable file, got {what}"
+    if not any(real == root or real.startswith(_prefix(root)) for root in allowed_roots(raw_dir)):
+        return "outside_raw", ("must lie inside the raw dir (symlinks followed), got a link to "
+                               f"{real}; it is never read")
+    try:
+        mode = os.stat(real).st_mode
+    except OSError as exc:
+        return "read_error", f"must be a readable file, got {exc.strerror or exc}"
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+        return "read_error", f"must be a regular file, got {kind}"
+    return None
+
+
+def allowed_roots(raw_dir: Path | str) -> tuple[str, ...]:
+    """The real paths a file read for `raw_dir` may resolve into: the raw dir, and the DVC
+    cache (`.dvc/cache`) of the nearest enclosing repo that has a `.dvc` dir."""
+    top = os.path.abspath(raw_dir)
+    roots = [os.path.realpath(top)]
+    here = top
+    while True:
+        if os.path.isdir(os.path.join(here, ".dvc")):
+            cache = os.path.join(here, ".dvc", "cache")
+            if os.path.isdir(cache):
+                roots.append(os.path.realpath(cache))
+            break
+        parent = os.path.dirname(here)
+        if parent == here:
+            break
+        here = parent
+    return tuple(roots)
+
+
 def is_image_name(name: str) -> bool:
     """True when the file name ends with a known image suffix (any case)."""
     return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
@@ -147,9 +199,19 @@ def decode_text(raw: bytes) -> tuple[str | None, str | None]:
 
 
 def read_text(path: Path, file: str) -> tuple[str | None, list[Issue]]:
-    """Read a text file, decoding as `decode_text` does; issues name `file`."""
+    """Read a text file, decoding as `decode_text` does; issues name `file`.
+
+    `file` is `path` relative to the raw dir (as `rel_posix` gives it), so the raw dir is
+    `path` without `file`'s parts; the file must be readable there (`read_problem`), else
+    it is not read at all. A `file` that does not end `path` (outside the raw dir) is
+    "outside_raw"."""
+    raw_dir = _raw_dir_of(Path(path), file)
+    problem = ("outside_raw", "must lie inside the raw dir, got a path outside it") \
+        if raw_dir is None else read_problem(path, raw_dir)
+    if problem is not None:
+        return None, [Issue(file, None, problem[0], "error", f"{file} {problem[1]}")]
     try:
-        raw = path.read_bytes()
+        raw, _ = read_stamped(path)
     except OSError as exc:
         return None, [Issue(file, None, "read_error", "error", f"cannot read {file}: {exc}")]
     text, encoding = decode_text(raw)
@@ -174,6 +236,16 @@ def read_text(path: Path, file: str) -> tuple[str | None, list[Issue]]:
             )
         ]
     return text, []
+
+
+def _raw_dir_of(path: Path, file: str) -> Path | None:
+    """The raw dir `path` was named from, given its raw-relative posix form `file`."""
+    parts = [p for p in file.split("/") if p]
+    if not parts or ".." in parts or len(path.parts) < len(parts) \
+            or list(path.parts[len(path.parts) - len(parts):]) != parts:
+        return None
+    return Path(*path.parts[:len(path.parts) - len(parts)]) if len(path.parts) > len(parts) \
+        else Path(".")
 
 
 # --------------------------------------------------------------------------- public API
