@@ -186,6 +186,11 @@ def _short(value: Any) -> str:
     return short.repr(value)
 
 
+def _clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters (a YAML error quotes the offending line)."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read params.yaml; a missing file gives all defaults only if `path` does not exist."""
     path = Path(path)
@@ -194,7 +199,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         try:
             raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_BoundedLoader) or {}
         except yaml.YAMLError as exc:
-            raise ParamsError(f"{path}: not valid YAML: {_short(str(exc))}") from None
+            raise ParamsError(f"{path}: not valid YAML: {_clip(str(exc), 300)}") from None
+        except RecursionError:  # the composer recurses per nesting level
+            raise ParamsError(f"{path}: not valid YAML: must nest at most a few hundred "
+                              "levels deep, got deeper") from None
         except UnicodeDecodeError:
             raise ParamsError(f"{path}: must be UTF-8 text") from None
     if not isinstance(raw, dict):
@@ -392,7 +400,10 @@ def _coerce(value: Any, hint: Any) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise TypeError("a list")
-        return tuple(_coerce(v, args[0]) for v in value)
+        try:
+            return tuple(_coerce(v, args[0]) for v in value)
+        except TypeError as exc:
+            raise TypeError(f"a list whose items are each {exc}") from None
     if origin is dict:
         if value is None:
             return {}
@@ -422,3 +433,15 @@ class _BoundedLoader(yaml.SafeLoader):
                 for key, value in current.value:
                     stack.extend((key, value))
         return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        """A key given twice is an error: YAML would keep the last one silently (a second
+        `train:` section would hide the first)."""
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.YAMLError(f"key {_short(key)} must appear once, got it twice "
+                                     f"(line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
