@@ -116,7 +116,7 @@ class TrainParams:
     val_every: int | str = _auto(int, 1, 10_000_000)  # steps between val scores + checkpoints
     upsample: str = _choice("bilinear", UPSAMPLE_MODES)
     loss: str = _choice("ce_dice", LOSSES)
-    class_weights: tuple[float, ...] | None = None
+    class_weights: tuple[float, ...] | None = _range(None, 0.0, 1e6)  # each weight
     lr: float = _range(3e-3, 0.0, 10.0, low_open=True)
     weight_decay: float = _range(1e-4, 0.0, 1.0)
     hflip: bool = True
@@ -295,13 +295,9 @@ def _cross_checks(labels: Labels, sections: dict[str, Any]) -> list[str]:
         problems.append(f"train.scale_min must be <= train.scale_max, got {train.scale_min} > "
                         f"{train.scale_max}")
     weights = train.class_weights
-    if weights is not None:
-        if len(weights) != len(labels.classes):
-            problems.append(f"train.class_weights must have one weight per class "
-                            f"({len(labels.classes)}), got {len(weights)}")
-        if any(not 0 <= w <= 1e6 for w in weights):
-            problems.append(f"train.class_weights must be between 0 and 1e6, got "
-                            f"{_short(list(weights))}")
+    if weights is not None and len(weights) != len(labels.classes):
+        problems.append(f"train.class_weights must have one weight per class "
+                        f"({len(labels.classes)}), got {len(weights)}")
     pattern = sections["split"].group_pattern
     if pattern is not None:
         try:
@@ -360,8 +356,9 @@ def _check_meta(value: Any, meta: Any) -> None:
         raise TypeError(f"one of {list(meta['choices'])}")
     if "range" in meta and value is not None:
         low, high, low_open, high_open = meta["range"]
-        below = low is not None and (value <= low if low_open else value < low)
-        above = high is not None and (value >= high if high_open else value > high)
+        items = value if isinstance(value, tuple) else (value,)  # a list: each item's range
+        below = low is not None and any(v <= low if low_open else v < low for v in items)
+        above = high is not None and any(v >= high if high_open else v > high for v in items)
         if below or above:
             left = "(" if low_open else "["
             right = ")" if high_open else "]"
