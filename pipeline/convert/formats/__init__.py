@@ -117,7 +117,7 @@ def read_problem(path: Path | str, raw_dir: Path | str) -> tuple[str, str] | Non
         return "read_error", f"must be a readable file, got {what}"
     if not any(real == root or real.startswith(_prefix(root)) for root in allowed_roots(raw_dir)):
         return "outside_raw", ("must lie inside the raw dir (symlinks followed), got a link to "
-                               f"{real}; it is never read")
+                               f"{real}; it is not used")
     try:
         mode = os.stat(real).st_mode
     except OSError as exc:

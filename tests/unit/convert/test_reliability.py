@@ -197,13 +197,16 @@ def test_links_out_of_the_raw_dir_are_never_read(project: Path, tmp_path: Path) 
     (raw / "yolo" / "classes.txt").symlink_to(outside / "classes.txt")
     (raw / "yolo" / "y.png").write_bytes(png_bytes(10, 8))
     write_text(raw / "yolo" / "y.txt", "0 0.5 0.5 0.2 0.2\n")
+    write_text(raw / "yolo2" / "classes.txt", "a\n")
+    (raw / "yolo2" / "z.png").symlink_to(outside / "secret.png")  # a YOLO label's image
+    write_text(raw / "yolo2" / "z.txt", "0 0.5 0.5 0.2 0.2\n")
     write_text(raw / "box.xml", voc_xml("img.png", [("a", 2, 2, 5, 5)], size=(10, 8)))
     (raw / "loop.json").symlink_to("loop.json")
     (raw / "dangling.json").symlink_to("nowhere.json")
     os.mkfifo(raw / "fifo.json")  # reading it would wait forever for a writer
 
     summary = convert(project, jobs=2)
-    assert (summary.seen, summary.converted) == (10, 1)
+    assert (summary.seen, summary.converted) == (11, 1)
     assert manifest_ids(project) == ["good"]
     found = verdicts(project)
     assert found["link.json"] == [("outside_raw", "error")]
@@ -212,12 +215,13 @@ def test_links_out_of_the_raw_dir_are_never_read(project: Path, tmp_path: Path) 
     assert found["emb.json"] == [("outside_raw", "error")]
     assert found["cfg.json"] == [("outside_raw", "error")]
     assert found["yolo/classes.txt"] == [("outside_raw", "error")]
+    assert found["yolo2/z.txt"] == [("outside_raw", "error")]
     assert found["loop.json"] == [("read_error", "error")]
     assert found["dangling.json"] == [("read_error", "error")]
     assert found["fifo.json"] == [("read_error", "error")]
     assert message(project, "link.json", "outside_raw") == (
         f"image img.png must lie inside the raw dir (symlinks followed), got a link to "
-        f"{outside / 'secret.png'}; it is never read")
+        f"{outside / 'secret.png'}; it is not used")
     assert message(project, "loop.json", "read_error") == (
         "loop.json must be a readable file, got a symlink loop")
     assert [p.read_bytes() for p in (project / "prepared" / "images").iterdir()] == [
@@ -227,7 +231,7 @@ def test_links_out_of_the_raw_dir_are_never_read(project: Path, tmp_path: Path) 
         assert content not in report  # a file it did not accept is never quoted
     assert "internal_error" not in report
     again = convert(project, jobs=1)  # the verdicts are cached like any other
-    assert (again.processed, again.reused) == (0, 10)
+    assert (again.processed, again.reused) == (0, 11)
 
 
 def test_links_inside_the_raw_dir_and_into_the_repos_dvc_cache_are_read(project: Path,
