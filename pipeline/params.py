@@ -147,7 +147,7 @@ class TrainParams:
     val_every: int | str = _auto(int, 1, 10_000_000)  # steps between val scores + checkpoints
     upsample: str = _choice("bilinear", UPSAMPLE_MODES)
     loss: str = _choice("ce_dice", LOSSES)
-    class_weights: tuple[float, ...] | None = None
+    class_weights: tuple[float, ...] | None = _range(None, 0.0, 1e6)  # each weight
     lr: float = _range(3e-3, 0.0, 10.0, low_open=True)
     weight_decay: float = _range(1e-4, 0.0, 1.0)
     hflip: bool = True
@@ -254,15 +254,23 @@ def _short(value: Any) -> str:
     return short.repr(value)
 
 
+def _clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters (a YAML error quotes the offending line)."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read params.yaml; a missing file gives all defaults only if `path` does not exist."""
     path = Path(path)
     raw: Any = {}
     if path.exists():
         try:
-            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_BoundedLoader) or {}
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=BoundedLoader) or {}
         except yaml.YAMLError as exc:
-            raise ParamsError(f"{path}: not valid YAML: {_short(str(exc))}") from None
+            raise ParamsError(f"{path}: not valid YAML: {_clip(str(exc), 300)}") from None
+        except RecursionError:  # the composer recurses per nesting level
+            raise ParamsError(f"{path}: not valid YAML: must nest at most a few hundred "
+                              "levels deep, got deeper") from None
         except UnicodeDecodeError:
             raise ParamsError(f"{path}: must be UTF-8 text") from None
     if not isinstance(raw, dict):
@@ -355,13 +363,9 @@ def _cross_checks(labels: Labels, sections: dict[str, Any]) -> list[str]:
         problems.append(f"train.scale_min must be <= train.scale_max, got {train.scale_min} > "
                         f"{train.scale_max}")
     weights = train.class_weights
-    if weights is not None:
-        if len(weights) != len(labels.classes):
-            problems.append(f"train.class_weights must have one weight per class "
-                            f"({len(labels.classes)}), got {len(weights)}")
-        if any(not 0 <= w <= 1e6 for w in weights):
-            problems.append(f"train.class_weights must be between 0 and 1e6, got "
-                            f"{_short(list(weights))}")
+    if weights is not None and len(weights) != len(labels.classes):
+        problems.append(f"train.class_weights must have one weight per class "
+                        f"({len(labels.classes)}), got {len(weights)}")
     convert: ConvertParams = sections["convert"]
     known = {*labels.classes, *labels.ignore_labels, *labels.aliases}
     for i, source in enumerate(convert.masks):
@@ -538,8 +542,9 @@ def _check_meta(value: Any, meta: Any) -> None:
         raise TypeError(f"one of {list(meta['choices'])}")
     if "range" in meta and value is not None:
         low, high, low_open, high_open = meta["range"]
-        below = low is not None and (value <= low if low_open else value < low)
-        above = high is not None and (value >= high if high_open else value > high)
+        items = value if isinstance(value, tuple) else (value,)  # a list: each item's range
+        below = low is not None and any(v <= low if low_open else v < low for v in items)
+        above = high is not None and any(v >= high if high_open else v > high for v in items)
         if below or above:
             left = "(" if low_open else "["
             right = ")" if high_open else "]"
@@ -578,7 +583,10 @@ def _coerce(value: Any, hint: Any) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise TypeError("a list")
-        return tuple(_coerce(v, args[0]) for v in value)
+        try:
+            return tuple(_coerce(v, args[0]) for v in value)
+        except TypeError as exc:
+            raise TypeError(f"a list whose items are each {exc}") from None
     if origin is dict:
         if value is None:
             return {}
@@ -590,9 +598,10 @@ def _coerce(value: Any, hint: Any) -> Any:
     raise TypeError(f"of type {hint}")  # pragma: no cover - a field type we do not support
 
 
-class _BoundedLoader(yaml.SafeLoader):
+class BoundedLoader(yaml.SafeLoader):
     """SafeLoader that refuses a document expanding to more than MAX_YAML_NODES nodes: an
-    alias bomb (anchors nested ten-fold, each used ten times) is an error, not gigabytes."""
+    alias bomb (anchors nested ten-fold, each used ten times) is an error, not gigabytes.
+    Also used for YOLO dataset YAMLs (convert/formats/yolo.py)."""
 
     def construct_document(self, node: yaml.Node) -> Any:
         count, stack = 0, [node]
@@ -608,3 +617,15 @@ class _BoundedLoader(yaml.SafeLoader):
                 for key, value in current.value:
                     stack.extend((key, value))
         return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        """A key given twice is an error: YAML would keep the last one silently (a second
+        `train:` section would hide the first)."""
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.YAMLError(f"key {_short(key)} must appear once, got it twice "
+                                     f"(line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

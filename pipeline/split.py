@@ -67,7 +67,7 @@ from pipeline.core.manifest import (
 )
 from pipeline.errors import InputError
 from pipeline.params import Params, SplitParams, params_option
-from pipeline.storage.files import write_json, write_text
+from pipeline.storage.files import folder_lock, write_json, write_text
 
 TRAIN, VAL, BENCH, NONE = 0, 1, 2, -1
 _CODE = {name: code for code, name in enumerate(SPLITS)}
@@ -468,16 +468,17 @@ def splits_csv(result: SplitResult, version: int) -> str:
 def run_split(params: Params) -> SplitResult:
     """The stage: read manifest, old splits and benchmark list; write splits.csv and report."""
     cfg = params.split
-    samples = split_input(manifest_path(params.convert.out_dir), params.labels.classes)
-    benchmark: list[str] = []
-    if cfg.benchmark is not None:
-        benchmark = read_benchmark(Path(cfg.benchmark))
-    previous = read_splits(cfg.splits_path)
-    result = assign_splits(samples, cfg, previous=previous, benchmark=benchmark,
-                           benchmark_source=str(cfg.benchmark))
-    write_text(cfg.splits_path, splits_csv(result, cfg.version))
-    write_json(cfg.report_path, result.report)
-    return result
+    with folder_lock([Path(cfg.splits_path).parent], "split"):  # it reads its own last output
+        samples = split_input(manifest_path(params.convert.out_dir), params.labels.classes)
+        benchmark: list[str] = []
+        if cfg.benchmark is not None:
+            benchmark = read_benchmark(Path(cfg.benchmark))
+        previous = read_splits(cfg.splits_path)
+        result = assign_splits(samples, cfg, previous=previous, benchmark=benchmark,
+                               benchmark_source=str(cfg.benchmark))
+        write_text(cfg.splits_path, splits_csv(result, cfg.version))
+        write_json(cfg.report_path, result.report)
+        return result
 
 
 @click.command("split")

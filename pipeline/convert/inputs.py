@@ -38,20 +38,48 @@ class NeedsRead(enum.Enum):
 NEEDS_READ = NeedsRead.NEEDS_READ
 
 
+#: What `hash_input` gives for a file it must not read (see formats.read_problem): a link
+#: out of the raw dir, a loop, a FIFO. Part of the cache key like a hash.
+UNREADABLE = "unreadable"
+
+
 def find_samples(raw_dir: Path, masks: Sequence[MaskSource] = ()) -> list[SampleFiles]:
     """Every annotation under `raw_dir` (`masks`: convert.masks), grouped by sample id; sorted
-    by id."""
+    by id.
+
+    A path that is not valid UTF-8 (a file name in another encoding) keeps its undecodable
+    bytes as surrogates (os.fsdecode); `is_text` tells those apart."""
     grouped: dict[str, list[str]] = defaultdict(list)
     for rel in formats.find_annotation_paths(raw_dir, masks):
         grouped[rel.rpartition(".")[0]].append(rel)  # the sample id: no extension
     return [SampleFiles(i, tuple(sorted(grouped[i]))) for i in sorted(grouped)]
 
 
-def hash_input(raw_dir: Path, rel: str, stamps: dict[str, MemoEntry]) -> str | None:
-    """Content hash of an input file (None when absent), noting its stamp in `stamps` when
-    the file has settled (see MEMO_SETTLE_S)."""
+def is_text(path: str) -> bool:
+    """True when a raw-relative path is valid UTF-8 (it can go into the manifest and the
+    reports as it is)."""
     try:
-        data, stamp = read_stamped(raw_dir / rel)
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def escaped(path: str) -> str:
+    """A path as readable text: undecodable bytes shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def hash_input(raw_dir: Path, rel: str, stamps: dict[str, MemoEntry]) -> str | None:
+    """Content hash of an input file (None when absent, UNREADABLE when it must not be read),
+    noting its stamp in `stamps` when the file has settled (see MEMO_SETTLE_S)."""
+    path = raw_dir / rel
+    if not os.path.lexists(path):
+        return None
+    if not is_text(rel) or formats.read_problem(path, raw_dir) is not None:
+        return UNREADABLE  # as convert judges it: a name that is not UTF-8 is never read
+    try:
+        data, stamp = read_stamped(path)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
     digest = content_hash(data)
@@ -102,7 +130,8 @@ def tree_signature(raw_dir: Path) -> str:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = Path(dirpath).relative_to(raw_dir).as_posix()
         names += [f"{rel}/{n}" for n in filenames if not n.startswith(".")]
-    return content_hash("\n".join(sorted(names)).encode())
+    # surrogateescape: a name that is not UTF-8 hashes as its own bytes (valid names as before)
+    return content_hash("\n".join(sorted(names)).encode("utf-8", "surrogateescape"))
 
 
 def default_memo_path(raw_dir: Path) -> Path:

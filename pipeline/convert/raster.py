@@ -106,6 +106,11 @@ def covers_pixels(shape: Shape, width: int, height: int, *, line_width: int = 10
     right, bottom = min(width - 1, x1 + 2), min(height - 1, y1 + 2)
     if right < left or bottom < top:
         return False
+    if (right - left + 1) * (bottom - top + 1) > Image.MAX_IMAGE_PIXELS:
+        # a canvas past Pillow's decompression-bomb limit is never made (only a declared size
+        # can be that large: real images past it are rejected): a shape over that many
+        # pixels sets some of them (its outline at least)
+        return True
     canvas = Image.new("L", (right - left + 1, bottom - top + 1), 0)
     _draw(canvas, ImageDraw.Draw(canvas), shape, 1, (left, top), line_width, point_radius)
     return canvas.getbbox() is not None
@@ -123,6 +128,10 @@ def decode_mask_png(data: bytes | None, size: tuple[int, int] | None = None) -> 
         img = Image.open(io.BytesIO(data), formats=["PNG"])
     except PIL_ERRORS as exc:
         raise ValueError(f"mask PNG cannot be decoded: {exc}") from None
+    if img.width * img.height > Image.MAX_IMAGE_PIXELS:  # never decoded: a PNG bomb
+        img.close()
+        raise ValueError(f"mask PNG must be within Pillow's decompression-bomb limit of "
+                         f"{Image.MAX_IMAGE_PIXELS} pixels, got {img.width}x{img.height}")
     with img:
         if size is not None and img.size != size:
             raise ValueError(f"mask PNG must be {size[0]}x{size[1]} (its bbox), "

@@ -3,13 +3,14 @@ check the shapes, draw the mask, write image + mask, and say what happened (an `
 
 Never raises for bad data: a problem becomes an error Issue; an unexpected exception becomes
 an "internal_error" Issue naming the file (and the sample is not cached, so it is retried on
-the next run). `run_tasks` runs many samples, in this process or a pool.
+the next run). Every file read must resolve inside the raw dir (formats.read_problem).
+`run_tasks` runs many samples in worker processes (convert/pool.py): one whose worker dies
+is an "internal_error" too, and the run goes on.
 """
 
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.convert import formats, raster, validate
+from pipeline.convert import formats, pool, raster, validate
 from pipeline.convert.cache import MemoEntry, Outcome, SampleFiles, sample_key
 from pipeline.convert.frame import ImageInfo, decide_frame, prepared_image, probe_image
-from pipeline.convert.inputs import hash_input, remember
+from pipeline.convert.inputs import UNREADABLE, escaped, hash_input, is_text, remember
 from pipeline.core.fingerprint import object_stats
 from pipeline.core.hashing import content_hash
 from pipeline.core.manifest import IGNORE_COLUMN, pixel_column
@@ -35,6 +36,8 @@ from pipeline.storage.masks import MaskInfo, inspect_mask, mask_png_bytes
 #: Most samples a worker converts per message to and from the parent (each message costs
 #: the parent's pool threads about half a millisecond of CPU).
 MAX_CHUNK = 16
+#: Most bytes a file name may have (Linux, macOS and Windows file systems alike).
+NAME_MAX = 255
 
 Write = Callable[[Path, bytes], object]
 
@@ -91,20 +94,36 @@ def resolve_jobs(jobs: int) -> int:
 
 
 def run_tasks(tasks: Sequence[Task], jobs: int) -> Iterator[Outcome]:
-    """Convert the tasks, in this process (1 job) or a pool; outcomes in completion order.
+    """Convert the tasks in `jobs` worker processes; outcomes in completion order.
 
+    Always in workers, never in this process, so a sample that crashes its process (see
+    convert/pool.py) is an "internal_error" and the output is the same for any `jobs`.
     Tasks go out in chunks (`convert_chunk`): at most MAX_CHUNK, and small enough that each
     worker gets about 8 of them, so the last ones finish close together."""
     workers = max(1, min(jobs, len(tasks)))
     size = max(1, min(MAX_CHUNK, len(tasks) // (workers * 8)))
     chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
-    if workers == 1:
-        for chunk in chunks:
-            yield from convert_chunk(chunk)
-        return
-    with multiprocessing.get_context().Pool(workers) as pool:
-        for outcomes in pool.imap_unordered(convert_chunk, chunks):
-            yield from outcomes
+    yield from pool.run_chunks(convert_chunk, chunks, workers, worker_died)
+
+
+def worker_died(task: Task, reason: str) -> Outcome:
+    """The outcome of a sample whose worker process died converting it (not cached: the
+    next run tries again)."""
+    file = ";".join(task.sample.annotations)
+    message = (f"converting {file} failed: {reason}; the run went on without it (a bug in "
+               "segpipe or a library; please report it with this file)")
+    return Outcome(task.sample.id, task.sample.annotations, "", {}, False,
+                   (Issue(file, None, "internal_error", "error", message),), cacheable=False)
+
+
+def bad_name(sample: SampleFiles) -> Outcome:
+    """The outcome of a sample whose path is not valid UTF-8: never read (its id could not
+    go into the manifest, the reports or the cache), reported with the name escaped."""
+    files = [escaped(a) for a in sample.annotations]
+    issues = tuple(Issue(f, None, "bad_filename", "error",
+                         f"{f}: file and folder names must be valid UTF-8, got undecodable "
+                         "bytes (shown as \\xNN); rename it") for f in files)
+    return Outcome(sample.id, sample.annotations, "", {}, False, issues, cacheable=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,6 +158,11 @@ def _convert_sample(task: Task, write: Write) -> Outcome:
     records: list[Record] = []
     for annotation in sample.annotations:
         deps[annotation] = hash_input(raw_dir, annotation, stamps)
+        problem = formats.read_problem(raw_dir / annotation, raw_dir)
+        if problem is not None:  # never handed to a reader: nothing of it is read or quoted
+            issues.append(Issue(annotation, None, problem[0], "error",
+                                f"{annotation} {problem[1]}"))
+            continue
         record, found = formats.read_annotation(raw_dir / annotation, raw_dir, task.cfg.masks)
         issues += found
         if record is not None:
@@ -178,6 +202,14 @@ def _convert_sample(task: Task, write: Write) -> Outcome:
     image_bytes, ext = prepared_image(data, info, frame.rotate)
     stored = info if image_bytes is data else probe_image(image_bytes)
     image_rel, mask_rel = f"images/{sample.id}.{ext}", f"masks/{sample.id}.png"
+    longest = max((image_rel, mask_rel), key=lambda rel: len(os.fsencode(rel)))
+    name_bytes = len(os.fsencode(longest.rpartition("/")[2]))
+    if name_bytes > NAME_MAX:  # the annotation's own name fits; name + image suffix may not
+        issues.append(Issue(record.annotation, None, "name_too_long", "error",
+                            f"{record.annotation}: output file names must have at most "
+                            f"{NAME_MAX} bytes, got {name_bytes} for {longest}; shorten the "
+                            "annotation's name"))
+        return rejected(False)
     # run_convert made the directories (make_dirs): one mkdir per directory, not per file
     out_dir = Path(task.out_dir)
     write(out_dir / image_rel, image_bytes)
@@ -238,6 +270,11 @@ def _load_image(record: Record, raw_dir: Path, stamps: dict[str, MemoEntry]
             failures.append(exc)
     deps: dict[str, str | None] = {}
     if record.image_path is not None:
+        problem = _image_problem(record.image_path, raw_dir)
+        if problem is not None:
+            deps[record.image_path] = UNREADABLE
+            return None, [Issue(file, None, problem[0], "error",
+                                f"image {escaped(record.image_path)} {problem[1]}")], deps
         try:
             data, stamp = read_stamped(raw_dir / record.image_path)
         except OSError as exc:
@@ -267,3 +304,12 @@ def _load_image(record: Record, raw_dir: Path, stamps: dict[str, MemoEntry]
     where = "" if record.image_path is not None or record.image_data is None else \
         "embedded imageData: "
     return None, [Issue(file, None, first.check, "error", f"{where}{first}")], deps
+
+
+def _image_problem(image_path: str, raw_dir: Path) -> tuple[str, str] | None:
+    """Why the image named by the annotation must not be read (see formats.read_problem);
+    a name that is not UTF-8 (from a JSON escape such as "\\udcff") is "bad_filename"."""
+    if not is_text(image_path):
+        return "bad_filename", ("must be named in valid UTF-8, got undecodable bytes (shown "
+                                "as \\xNN); rename it")
+    return formats.read_problem(raw_dir / image_path, raw_dir)

@@ -31,15 +31,17 @@ import click
 from pipeline.convert import cache, formats, inputs, report
 from pipeline.convert.cache import Entry, MemoEntry, Observation, Outcome, SampleFiles
 from pipeline.convert.report import ConvertSummary
-from pipeline.convert.sample import Task, resolve_jobs, run_tasks
+from pipeline.convert.sample import Task, bad_name, resolve_jobs, run_tasks
 from pipeline.core.manifest import manifest_path
 from pipeline.errors import InputError, StageFailed
 from pipeline.params import Params, params_option
 from pipeline.progress import Progress
 from pipeline.storage.files import (
+    folder_lock,
     make_dirs,
-    prune_files,
+    remove_files,
     remove_temp_files,
+    unowned_files,
     write_csv,
     write_json,
     write_text,
@@ -53,23 +55,37 @@ CACHE_SAVE_EVERY = 2.0
 def run_convert(params: Params, *, jobs: int | None = None, progress: bool = True,
                 on_outcome: Callable[[Outcome], None] | None = None,
                 memo_path: Path | None = None) -> ConvertSummary:
-    """The whole stage; raises StageFailed (after writing the reports) when it must fail.
+    """The whole stage; raises StageFailed (after writing the reports) when it must fail, and
+    FolderBusy when another run is converting into the same convert.out_dir.
 
     `memo_path`: the hash memo (see `inputs.default_memo_path`; `segpipe convert` uses it).
     With it, a re-run reads only the inputs whose stamp changed; without it, every input of
     a cached sample is read and hashed again. The outputs are the same either way."""
-    cfg, labels = params.convert, params.labels
-    raw_dir, out_dir, reports_dir = Path(cfg.raw_dir), Path(cfg.out_dir), Path(cfg.reports_dir)
+    cfg = params.convert
+    raw_dir, out_dir = Path(cfg.raw_dir), Path(cfg.out_dir)
     if not raw_dir.is_dir():
         raise InputError(f"convert.raw_dir must be a directory of annotations, got {raw_dir!s} "
                          "(no such directory)")
     n_jobs = resolve_jobs(cfg.jobs if jobs is None else jobs)
-    for root in (out_dir, reports_dir):
-        if root.is_dir():
-            remove_temp_files(root)
+    with folder_lock([out_dir], "convert"):  # two runs into one folder would corrupt it
+        return _run_locked(params, n_jobs, progress, on_outcome, memo_path)
 
-    # 1. find the samples; decide from the cache which can be reused
-    samples = inputs.find_samples(raw_dir, cfg.masks)
+
+def _run_locked(params: Params, n_jobs: int, progress: bool,
+                on_outcome: Callable[[Outcome], None] | None,
+                memo_path: Path | None) -> ConvertSummary:
+    cfg, labels = params.convert, params.labels
+    raw_dir, out_dir, reports_dir = Path(cfg.raw_dir), Path(cfg.out_dir), Path(cfg.reports_dir)
+    remove_temp_files(out_dir)  # under the lock: a temp file here is a killed run's
+    if reports_dir.is_dir():  # other stages write reports too: only dead writers' files
+        remove_temp_files(reports_dir, shared=True)
+
+    # 1. find the samples (a name that is not UTF-8 is an error, never read); decide from
+    # the cache which can be reused
+    found = inputs.find_samples(raw_dir, cfg.masks)
+    text = {s.id: all(inputs.is_text(a) for a in s.annotations) for s in found}
+    samples = [s for s in found if text[s.id]]
+    bad_names = {s.id: bad_name(s) for s in found if not text[s.id]}
     pkey, tree = cache.params_key(labels, cfg), inputs.tree_signature(raw_dir)
     cache_path = out_dir / cache.CACHE_FILE
     entries = cache.load_cache(cache_path)
@@ -80,12 +96,13 @@ def run_convert(params: Params, *, jobs: int | None = None, progress: bool = Tru
 
     # 2. convert the rest in parallel, saving the cache every few seconds
     tasks = [Task(s, str(raw_dir), str(out_dir), labels, cfg, pkey, tree) for s in plan.convert]
-    outcomes = {**plan.reuse, **_convert(tasks, n_jobs, cache_path, kept, progress, on_outcome)}
+    outcomes = {**plan.reuse, **bad_names,
+                **_convert(tasks, n_jobs, cache_path, kept, progress, on_outcome)}
     if memo_path is not None:
         _save_memo(memo_path, raw_dir, outcomes.values(), memo)
 
     # 3. dataset-level checks: duplicate images, classes without samples
-    ordered = [outcomes[s.id] for s in samples]
+    ordered = [outcomes[s.id] for s in found]
     manifest = report.build_manifest(ordered, labels.classes)
     issues = report.sort_issues([*(i for o in ordered for i in o.issues),
                                  *formats.skipped_files(raw_dir, cfg.masks),
@@ -93,20 +110,25 @@ def run_convert(params: Params, *, jobs: int | None = None, progress: bool = Tru
                                  *report.empty_class_issues(manifest, labels.classes,
                                                             params.source)])
 
-    # 4. remove the outputs of samples that are gone (or now rejected)
-    removed = prune_outputs(out_dir, {rel for o in ordered if o.converted for rel in o.outputs})
-
-    # 5. the reports
-    summary = report.summarize(ordered, issues, len(tasks), len(plan.reuse), len(removed), cfg)
+    # 4. the reports; the outputs of samples that are gone (or now rejected) are only listed
+    stale = stale_outputs(out_dir, {rel for o in ordered if o.converted for rel in o.outputs})
+    summary = report.summarize(ordered, issues, len(tasks) + len(bad_names), len(plan.reuse),
+                               len(stale), cfg)
     write_json(reports_dir / "validation.json", [vars(i) for i in issues])
     write_text(reports_dir / "validation.md", report.validation_markdown(issues, summary))
     write_json(reports_dir / "data.json",
                report.data_metrics(summary, manifest, labels.classes, ordered))
 
-    # 6. the manifest and the masks against their schemas; only then the manifest is written
+    # 5. the new manifest replaces the old one; only then the stale outputs go, so a kill at
+    # any moment leaves a manifest whose files are all there
+    write_csv(manifest_path(out_dir), manifest)
+    remove_files(out_dir, stale)
+
+    # 6. the manifest and the masks against their schemas (and so the folder: one mask per
+    # row); a manifest that fails them is removed again
     problems = _schema_problems(ordered, manifest, labels.classes, out_dir, kept)
     if problems:
-        manifest_path(out_dir).unlink(missing_ok=True)  # never leave a stale manifest
+        manifest_path(out_dir).unlink(missing_ok=True)  # never leave a failed manifest
         cache.save_cache(cache_path, kept)
         raise StageFailed("the converted data failed their schema checks (a bug, or files in "
                           f"{out_dir} changed by hand; delete {cache_path} to rebuild):\n"
@@ -114,7 +136,6 @@ def run_convert(params: Params, *, jobs: int | None = None, progress: bool = Tru
     passed = {o.id: cache.to_entry(o, checked=o.converted) for o in ordered if o.cacheable}
     if passed != entries:
         cache.save_cache(cache_path, passed)
-    write_csv(manifest_path(out_dir), manifest)
 
     # 7. too many rejected files fail the stage (the good ones are written all the same)
     if summary.failure is not None:
@@ -197,15 +218,14 @@ def _schema_problems(ordered: Sequence[Outcome], manifest: object, classes: Sequ
                                   {o.mask["mask"] for o in checked if o.mask is not None}))
 
 
-def prune_outputs(out_dir: Path, keep: set[str]) -> list[str]:
-    """Remove files under out_dir/images and out_dir/masks that no converted sample owns
-    (samples removed from the raw dir, or now rejected). Returns their out-relative paths."""
-    removed = []
+def stale_outputs(out_dir: Path, keep: set[str]) -> list[str]:
+    """The files under out_dir/images and out_dir/masks that no converted sample owns
+    (samples removed from the raw dir, or now rejected), as out-relative paths, sorted."""
+    stale = []
     for sub in ("images", "masks"):
-        if (out_dir / sub).is_dir():
-            owned = {rel.partition("/")[2] for rel in keep if rel.startswith(sub + "/")}
-            removed += [f"{sub}/{rel}" for rel in prune_files(out_dir / sub, owned)]
-    return removed
+        owned = {rel.partition("/")[2] for rel in keep if rel.startswith(sub + "/")}
+        stale += [f"{sub}/{rel}" for rel in unowned_files(out_dir / sub, owned)]
+    return stale
 
 
 @click.command(name="convert")

@@ -31,8 +31,10 @@ Checks (name, severity), per shape unless said otherwise:
   of lines and points) reaches past the image, [0, W] x [0, H] in Labelme's continuous frame
   (points on the far edge x = W are common in real files and fine); for a mask shape, its
   bbox pixels past 0..W-1, 0..H-1. The part outside is dropped.
-- invalid_polygon (error): a self-intersecting polygon that encloses no area, or whose repair
-  changes it by more than `convert.max_repair_change` of its area (see `polygon_repair`).
+- invalid_polygon (error): a self-intersecting polygon that encloses no area, whose repair
+  changes it by more than `convert.max_repair_change` of its area (see `polygon_repair`), or
+  too tangled to check at a bounded cost (more than MAX_CROSSINGS crossings, more than
+  MAX_REPAIR_POINTS points, or more than MAX_PAIRS candidate edge pairs).
 - polygon_repaired (warning): a self-intersecting polygon whose repair changes it by at most
   that share. It is still drawn exactly as Labelme draws it (Pillow, even-odd), so masks keep
   matching labelme2voc; the warning says the annotation needs a look.
@@ -46,6 +48,7 @@ Checks (name, severity), per shape unless said otherwise:
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -81,6 +84,15 @@ MakeIssue = Callable[[str, Severity, str], Issue]
 CORNER_KINDS = ("rotation", "oriented_rectangle")
 #: Errors that mean "this shape cannot be drawn" (convert.undrawable decides what happens).
 UNDRAWABLE_CHECKS = ("unsupported_shape", "point_count", "mask_png", "invalid_polygon")
+#: Bounds on the repair check of one self-intersecting polygon (`polygon_repair`). Its cost
+#: grows with the crossings: a 2,000-point scribble crosses itself ~450,000 times, and noding
+#: it took 5 GB and a segfault. A real self-intersection is a handful of crossings (a bow-tie,
+#: a loop, a spike); past these bounds the polygon is an invalid_polygon error.
+MAX_CROSSINGS = 1000  # pairs of non-adjacent edges that cross or touch
+MAX_REPAIR_POINTS = 100_000  # points of a self-intersecting polygon
+MAX_PAIRS = 10_000_000  # candidate pairs (edge-edge, then ray-edge) a check may examine
+CHUNK_PAIRS = 200_000  # candidate pairs held in memory at once
+NOT_CHECKED = "not checked"  # RepairCheck.reason of a polygon too complex to test at all
 
 
 @dataclass(frozen=True)
@@ -99,9 +111,10 @@ class RepairCheck:
     """The outcome of `polygon_repair` for one polygon ring."""
 
     valid: bool  # shapely finds the polygon valid (nothing to repair)
-    area: float  # even-odd filled area of the ring (what Pillow fills)
+    area: float  # even-odd filled area of the ring (what Pillow fills); NaN when not checked
     change: float  # area of (repaired XOR even-odd region) / area; 0.0 when valid
     reason: str  # shapely's is_valid_reason, "Valid Geometry" when valid
+    too_complex: str = ""  # why the check was not done (a bound above); "" when it was
 
 
 def resolve_label(label: str, labels: Labels) -> LabelMatch:
@@ -153,14 +166,31 @@ def polygon_repair(points: Sequence[tuple[float, float]]) -> RepairCheck:
     point (the repair is a union of the same faces). `change` is the area of the faces where
     the two disagree, as a share of the region's area: 0 for a bow-tie (the repair keeps both
     lobes) or a spike, about 0.45 for a pentagram (the repair fills the centre).
+
+    The cost is bounded: the crossings are counted first (stopping past MAX_CROSSINGS), and
+    a polygon past a bound is returned unchecked, with `too_complex` saying which.
     """
-    polygon = Polygon(points)
+    ring = np.asarray(points, dtype=float)
+    # GEOS's own validity test costs about as many steps as edges with overlapping boxes:
+    # bounded first (only needed when n^2 could exceed the bound)
+    bounds = _box_bounds(ring) if len(ring) ** 2 > MAX_PAIRS else None
+    if bounds is not None and int(bounds.sum()) > MAX_PAIRS:
+        return RepairCheck(False, math.nan, math.inf, NOT_CHECKED,
+                           f"its edges' boxes overlap in up to {int(bounds.sum())} pairs, more "
+                           f"than the {MAX_PAIRS} checked")
+    polygon = Polygon(ring)
     if polygon.is_valid:
         return RepairCheck(True, polygon.area, 0.0, "Valid Geometry")
     reason = shapely.is_valid_reason(polygon)
-    faces, inside = _faces(np.asarray(points, dtype=float))
+    too_complex = _too_complex(ring, _box_bounds(ring) if bounds is None else bounds)
+    if too_complex:
+        return RepairCheck(False, math.nan, math.inf, reason, too_complex)
+    faces, inside = _faces(ring)
     area = shapely.area(faces)
-    odd = _odd_crossings(np.asarray(points, dtype=float), inside)
+    odd = _odd_crossings(ring, inside)
+    if odd is None:
+        return RepairCheck(False, math.nan, math.inf, reason,
+                           f"its faces and edges make more than {MAX_PAIRS} candidate pairs")
     region = float(area[odd].sum())
     if region <= 0.0:
         return RepairCheck(False, 0.0, math.inf, reason)
@@ -171,6 +201,81 @@ def polygon_repair(points: Sequence[tuple[float, float]]) -> RepairCheck:
     return RepairCheck(False, region, change, reason)
 
 
+def _too_complex(ring: np.ndarray, bounds: np.ndarray) -> str:
+    """Why the repair of this self-intersecting ring is not checked, or "" when it is."""
+    if len(ring) > MAX_REPAIR_POINTS:
+        return f"it has {len(ring)} points, more than the {MAX_REPAIR_POINTS} checked"
+    crossings = _count_crossings(ring, bounds, MAX_CROSSINGS)
+    if crossings > MAX_CROSSINGS:
+        return f"its edges cross or touch more than {MAX_CROSSINGS} times"
+    return ""
+
+
+def _box_bounds(ring: np.ndarray) -> np.ndarray:
+    """For each edge, a bound on the edges whose boxes overlap its box (itself included):
+    those overlap it in x and in y, so either count bounds them. No pairs are formed."""
+    x0, y0, x1, y1 = _edges(ring)
+    lo_x, hi_x, lo_y, hi_y = (np.minimum(x0, x1), np.maximum(x0, x1), np.minimum(y0, y1),
+                              np.maximum(y0, y1))
+    return np.minimum(_overlap_counts(lo_x, hi_x, lo_x, hi_x),
+                      _overlap_counts(lo_y, hi_y, lo_y, hi_y))
+
+
+def _edges(ring: np.ndarray) -> tuple[np.ndarray, ...]:
+    """x0, y0, x1, y1 of the ring's edges (the last one closes the ring)."""
+    x0, y0 = ring[:, 0], ring[:, 1]
+    return x0, y0, np.roll(x0, -1), np.roll(y0, -1)
+
+
+def _overlap_counts(lo: np.ndarray, hi: np.ndarray, at_lo: np.ndarray, at_hi: np.ndarray
+                    ) -> np.ndarray:
+    """For each interval [at_lo, at_hi], how many of the intervals [lo, hi] overlap it
+    (two sorted searches: no pairs are formed)."""
+    return (np.searchsorted(np.sort(lo), at_hi, side="right")
+            - np.searchsorted(np.sort(hi), at_lo, side="left"))
+
+
+def _chunks(bounds: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive [start, end) ranges whose `bounds` add up to about CHUNK_PAIRS each."""
+    chunk = (np.cumsum(bounds) - 1) // CHUNK_PAIRS  # which chunk each item falls in
+    cuts = [0, *(np.flatnonzero(np.diff(chunk)) + 1).tolist(), len(bounds)]
+    return list(itertools.pairwise(cuts))
+
+
+def _count_crossings(ring: np.ndarray, bounds: np.ndarray, stop: int) -> int:
+    """Pairs of non-adjacent edges that cross or touch, counted until more than `stop`.
+    Candidates come from an STRtree, a chunk of edges at a time (`bounds`: `_box_bounds`),
+    so memory stays small; at most bounds.sum() pairs are examined."""
+    x0, y0, x1, y1 = _edges(ring)
+    n = len(ring)
+    edges = shapely.linestrings(np.stack([np.stack([x0, y0], 1), np.stack([x1, y1], 1)], 1))
+    tree = shapely.STRtree(edges)
+    found = 0
+    for start, end in _chunks(bounds):
+        a, b = tree.query(edges[start:end])
+        a = a + start
+        keep = (b > a) & (b != a + 1) & ~((a == 0) & (b == n - 1))  # each pair once, no neighbours
+        a, b = a[keep], b[keep]
+        found += int(_touch(x0[a], y0[a], x1[a], y1[a], x0[b], y0[b], x1[b], y1[b]).sum())
+        if found > stop:
+            break
+    return found
+
+
+def _touch(ax0: np.ndarray, ay0: np.ndarray, ax1: np.ndarray, ay1: np.ndarray,
+           bx0: np.ndarray, by0: np.ndarray, bx1: np.ndarray, by1: np.ndarray) -> np.ndarray:
+    """Do segments a and b cross or touch? (orientation signs; the pairs' boxes overlap)"""
+    def side(px: np.ndarray, py: np.ndarray, qx: np.ndarray, qy: np.ndarray,
+             rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+        return np.sign((qx - px) * (ry - py) - (qy - py) * (rx - px))
+
+    d1, d2 = side(bx0, by0, bx1, by1, ax0, ay0), side(bx0, by0, bx1, by1, ax1, ay1)
+    d3, d4 = side(ax0, ay0, ax1, ay1, bx0, by0), side(ax0, ay0, ax1, ay1, bx1, by1)
+    # each pair's endpoints on opposite sides of (or on) the other's line; for collinear
+    # pairs (all four zero) the overlapping boxes mean overlapping segments
+    return (d1 * d2 <= 0) & (d3 * d4 <= 0)
+
+
 def _faces(ring: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The faces the closed ring cuts the plane into, and a point inside each."""
     closed = np.vstack([ring, ring[:1]])
@@ -179,24 +284,34 @@ def _faces(ring: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return faces, shapely.point_on_surface(faces)
 
 
-def _odd_crossings(ring: np.ndarray, points: np.ndarray) -> np.ndarray:
+def _odd_crossings(ring: np.ndarray, points: np.ndarray) -> np.ndarray | None:
     """Even-odd test: does a ray to the right of each point cross the ring an odd number of
-    times? (The classic half-open crossing rule; candidate edges found with an STRtree.)"""
+    times? (The classic half-open crossing rule; candidate edges found with an STRtree, a
+    chunk of rays at a time.) None when the rays have more than MAX_PAIRS candidates."""
     if len(points) == 0:
         return np.zeros(0, dtype=bool)
     px, py = shapely.get_x(points), shapely.get_y(points)
-    x0, y0 = ring[:, 0], ring[:, 1]
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    x0, y0, x1, y1 = _edges(ring)
+    # a ray's candidates are the edges whose y-range holds its y
+    bounds = _overlap_counts(np.minimum(y0, y1), np.maximum(y0, y1), py, py)
+    if int(bounds.sum()) > MAX_PAIRS:
+        return None
     edges = shapely.linestrings(np.stack([np.stack([x0, y0], 1), np.stack([x1, y1], 1)], 1))
+    tree = shapely.STRtree(edges)
     far = np.full_like(px, x0.max() + 1.0)
     rays = shapely.linestrings(np.stack([np.stack([px, py], 1), np.stack([far, py], 1)], 1))
-    point_i, edge_i = shapely.STRtree(edges).query(rays)
-    y = py[point_i]
-    spans = (y0[edge_i] > y) != (y1[edge_i] > y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_at = x0[edge_i] + (y - y0[edge_i]) * (x1[edge_i] - x0[edge_i]) / (y1[edge_i] - y0[edge_i])
-    crossing = spans & (px[point_i] < x_at)
-    return np.bincount(point_i[crossing], minlength=len(points)) % 2 == 1
+    counts = np.zeros(len(points), dtype=np.int64)
+    for start, end in _chunks(bounds):
+        point_i, edge_i = tree.query(rays[start:end])
+        point_i = point_i + start
+        y = py[point_i]
+        spans = (y0[edge_i] > y) != (y1[edge_i] > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_at = x0[edge_i] + (y - y0[edge_i]) * (x1[edge_i] - x0[edge_i]) / (
+                y1[edge_i] - y0[edge_i])
+        crossing = spans & (px[point_i] < x_at)
+        counts += np.bincount(point_i[crossing], minlength=len(points))
+    return counts % 2 == 1
 
 
 def check_record(
@@ -413,6 +528,12 @@ def _polygon_issues(shape: Shape, max_change: float, issue: MakeIssue) -> list[I
         return [issue("invalid_polygon", "error", f"polygon cannot be repaired: {exc}")]
     if check.valid:
         return []
+    if check.too_complex:
+        what = "polygon" if check.reason == NOT_CHECKED else \
+            f"self-intersecting polygon ({check.reason})"
+        return [issue("invalid_polygon", "error",
+                      f"{what} too complex to check at a bounded cost: {check.too_complex}; "
+                      "redraw or simplify it")]
     if check.area <= 0.0:
         return [issue("invalid_polygon", "error",
                       f"a polygon must enclose an area, got none ({check.reason})")]

@@ -58,7 +58,7 @@ from pipeline.learn.model import ModelInfo, UNet, load_model, pick_device
 from pipeline.learn.overlay import overlay_panels
 from pipeline.params import EvaluateParams, Params, params_option
 from pipeline.progress import Progress
-from pipeline.storage.files import write_bytes, write_json, write_text
+from pipeline.storage.files import folder_lock, write_bytes, write_json, write_text
 from pipeline.storage.images import rgb_png_bytes
 
 
@@ -322,6 +322,11 @@ def write_overlays(result: EvalResult, samples: Sequence[ManifestRow], root: Pat
 
 def run_evaluate(params: Params, *, progress: bool = True) -> dict[str, object]:
     """The whole stage; returns what it wrote to evaluate.metrics_path."""
+    with folder_lock([params.evaluate.out_dir], "evaluate"):  # one run per eval folder
+        return _evaluate(params, progress)
+
+
+def _evaluate(params: Params, progress: bool) -> dict[str, object]:
     cfg = params.evaluate
     device = pick_device(cfg.device, setting="evaluate.device")
 

@@ -80,7 +80,7 @@ from pipeline.learn.model import (
 from pipeline.learn.plan import Plan, make_plan
 from pipeline.params import Params, TrainParams, params_option
 from pipeline.progress import Progress
-from pipeline.storage.files import write_json
+from pipeline.storage.files import folder_lock, write_json
 
 TRAIN_CHECKPOINT_FORMAT = "segpipe-train/2"
 #: TrainParams fields that do not change the weights a run ends with (not part of the resume key)
@@ -149,9 +149,12 @@ def train(params: Params, *, stop_after: int | None = None, progress: bool = Tru
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // env.local_world_size)
+    owned = [Path(cfg.model_path).parent, Path(cfg.checkpoint_path).parent, cfg.cache_dir,
+             cfg.log_dir]  # rank 0 writes them; two runs at once would mix checkpoints
     try:
-        with torch_settings(threads, deterministic=device.type == "cpu",
-                            benchmark=device.type == "cuda"):
+        with folder_lock(owned, "train") if env.main else contextlib.nullcontext(), \
+                torch_settings(threads, deterministic=device.type == "cpu",
+                               benchmark=device.type == "cuda"):
             return _run(params, env, device, stop_after, progress, log or sys.stderr, threads)
     finally:
         if env.world_size > 1 and dist.is_initialized():

@@ -12,7 +12,9 @@ Public API (used by the convert stage):
 
 Readers never rasterise and never decode images; they resolve the image file (which must exist
 inside the raw dir) or the embedded image bytes, and pass coordinates through in Labelme's
-continuous 0-based pixel frame (see pipeline/records.py).
+continuous 0-based pixel frame (see pipeline/records.py). Names are matched lexically
+(`is_inside`); what is read must also resolve, symlinks followed, inside the raw dir or the
+repo's DVC cache (`read_problem`; convert checks every annotation and image with it).
 
 The small helpers below are shared by the reader modules (labelme, voc, yolo, masks).
 """
@@ -20,15 +22,18 @@ The small helpers below are shared by the reader modules (labelme, voc, yolo, ma
 from __future__ import annotations
 
 import codecs
+import errno
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING
 
 from pipeline.core.records import Issue, Record, Shape, is_error
+from pipeline.storage.files import read_stamped
 from pipeline.storage.images import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
@@ -106,6 +111,53 @@ def is_inside(path: Path | str, raw_dir: Path | str) -> bool:
     return target == top or target.startswith(_prefix(top))
 
 
+def read_problem(path: Path | str, raw_dir: Path | str) -> tuple[str, str] | None:
+    """Why the file at `path` must not be read, as (check, reason), or None when it may be.
+
+    It must resolve, symlinks followed, inside the raw dir or inside this repo's DVC cache
+    (DVC may link the raw files into `.dvc/cache`): anything else is "outside_raw", so a link
+    to a file elsewhere is never read, copied or quoted. A symlink loop, a dangling link or
+    anything but a regular file (a FIFO would block its reader) is "read_error"."""
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
+            return "read_error", "must be a readable file, got no such file"
+        what = "a symlink loop" if exc.errno == errno.ELOOP else "a dangling symlink" \
+            if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
+        return "read_error", f"must be a readable file, got {what}"
+    if not any(real == root or real.startswith(_prefix(root)) for root in allowed_roots(raw_dir)):
+        return "outside_raw", ("must lie inside the raw dir (symlinks followed), got a link to "
+                               f"{real}; it is not used")
+    try:
+        mode = os.stat(real).st_mode
+    except OSError as exc:
+        return "read_error", f"must be a readable file, got {exc.strerror or exc}"
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+        return "read_error", f"must be a regular file, got {kind}"
+    return None
+
+
+def allowed_roots(raw_dir: Path | str) -> tuple[str, ...]:
+    """The real paths a file read for `raw_dir` may resolve into: the raw dir, and the DVC
+    cache (`.dvc/cache`) of the nearest enclosing repo that has a `.dvc` dir."""
+    top = os.path.abspath(raw_dir)
+    roots = [os.path.realpath(top)]
+    here = top
+    while True:
+        if os.path.isdir(os.path.join(here, ".dvc")):
+            cache = os.path.join(here, ".dvc", "cache")
+            if os.path.isdir(cache):
+                roots.append(os.path.realpath(cache))
+            break
+        parent = os.path.dirname(here)
+        if parent == here:
+            break
+        here = parent
+    return tuple(roots)
+
+
 def is_image_name(name: str) -> bool:
     """True when the file name ends with a known image suffix (any case)."""
     return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
@@ -158,9 +210,19 @@ def decode_text(raw: bytes) -> tuple[str | None, str | None]:
 
 
 def read_text(path: Path, file: str) -> tuple[str | None, list[Issue]]:
-    """Read a text file, decoding as `decode_text` does; issues name `file`."""
+    """Read a text file, decoding as `decode_text` does; issues name `file`.
+
+    `file` is `path` relative to the raw dir (as `rel_posix` gives it), so the raw dir is
+    `path` without `file`'s parts; the file must be readable there (`read_problem`), else
+    it is not read at all. A `file` that does not end `path` (outside the raw dir) is
+    "outside_raw"."""
+    raw_dir = _raw_dir_of(Path(path), file)
+    problem = ("outside_raw", "must lie inside the raw dir, got a path outside it") \
+        if raw_dir is None else read_problem(path, raw_dir)
+    if problem is not None:
+        return None, [Issue(file, None, problem[0], "error", f"{file} {problem[1]}")]
     try:
-        raw = path.read_bytes()
+        raw, _ = read_stamped(path)
     except OSError as exc:
         return None, [Issue(file, None, "read_error", "error", f"cannot read {file}: {exc}")]
     text, encoding = decode_text(raw)
@@ -185,6 +247,16 @@ def read_text(path: Path, file: str) -> tuple[str | None, list[Issue]]:
             )
         ]
     return text, []
+
+
+def _raw_dir_of(path: Path, file: str) -> Path | None:
+    """The raw dir `path` was named from, given its raw-relative posix form `file`."""
+    parts = [p for p in file.split("/") if p]
+    if not parts or ".." in parts or len(path.parts) < len(parts) \
+            or list(path.parts[len(path.parts) - len(parts):]) != parts:
+        return None
+    return Path(*path.parts[:len(path.parts) - len(parts)]) if len(path.parts) > len(parts) \
+        else Path(".")
 
 
 # --------------------------------------------------------------------------- public API
@@ -275,9 +347,9 @@ def scan(raw_dir: Path, masks: Sequence[MaskSource] = ()) -> Scan:
         for name in names:
             rel, suffix = prefix + name, _suffix(name)
             if suffix == ".json":
-                _sort(result, rel, dirpath, _json_problem(os.path.join(dirpath, name)))
+                _sort(result, rel, dirpath, _json_problem(os.path.join(dirpath, name), raw_dir))
             elif suffix == ".xml":
-                _sort(result, rel, dirpath, _xml_problem(os.path.join(dirpath, name)))
+                _sort(result, rel, dirpath, _xml_problem(os.path.join(dirpath, name), raw_dir))
             elif suffix == ".txt" and name != CLASSES_TXT:
                 has_image = any(_stem(name) in stems.get(d, ()) for d in yolo.image_dirs(rel_dir))
                 if rel_dir in class_dirs:
@@ -344,15 +416,23 @@ def _is_image_file(name: str) -> bool:
     return _suffix(name) in IMAGE_SUFFIXES
 
 
-def _json_problem(path: str) -> str:
+def _peek(path: str, raw_dir: Path, limit: int) -> bytes | None:
+    """The first `limit` bytes of a file that may be read (`read_problem`); None for one that
+    must not be (a link out of the raw dir, a FIFO): the reader reports those."""
+    if read_problem(path, raw_dir) is not None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return None
+
+
+def _json_problem(path: str, raw_dir: Path) -> str:
     """Why a JSON file is not an annotation, or "" when it is (or may be) one: only small
     files are looked at, and anything that does not parse is left to the reader to report."""
-    try:
-        if os.path.getsize(path) > SNIFF_JSON_BYTES:
-            return ""
-        with open(path, "rb") as f:
-            raw = f.read(SNIFF_JSON_BYTES + 1)
-    except OSError:
+    raw = _peek(path, raw_dir, SNIFF_JSON_BYTES + 1)
+    if raw is None or len(raw) > SNIFF_JSON_BYTES:
         return ""
     text, _ = decode_text(raw)
     if text is None or '"shapes"' in text:
@@ -370,12 +450,10 @@ def _json_problem(path: str) -> str:
 _XML_ROOT = re.compile(r"<([A-Za-z_][\w.\-:]*)")
 
 
-def _xml_problem(path: str) -> str:
+def _xml_problem(path: str, raw_dir: Path) -> str:
     """Why an XML file is not an annotation (its root element), or "" when it may be one."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(SNIFF_XML_BYTES)
-    except OSError:
+    raw = _peek(path, raw_dir, SNIFF_XML_BYTES)
+    if raw is None:
         return ""
     text, _ = decode_text(raw)
     if text is None:
@@ -405,9 +483,8 @@ def _txt_problem(raw_dir: Path, rel: str, rel_dir: str, classes: str) -> str:
 def _looks_like_labels(raw_dir: Path, rel: str) -> bool:
     from pipeline.convert.formats import yolo
 
-    try:
-        raw = (Path(raw_dir) / rel).read_bytes()[:SNIFF_JSON_BYTES]
-    except OSError:
+    raw = _peek(os.path.join(raw_dir, rel), raw_dir, SNIFF_JSON_BYTES)
+    if raw is None:
         return False
     text, _ = decode_text(raw)
     return text is not None and yolo.looks_like_labels(text)

@@ -25,10 +25,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import yaml
@@ -39,11 +41,13 @@ from pipeline.convert.formats import (
     find_image_by_stem,
     is_inside,
     normalized,
+    read_problem,
     read_text,
     reader_result,
     rel_posix,
 )
 from pipeline.core.records import Issue, Point, Record, Shape
+from pipeline.params import BoundedLoader
 from pipeline.storage.images import EXIF_ORIENTATION, PIL_ERRORS, SWAPPING_ORIENTATIONS
 
 #: Class list files by name, in the order they are preferred within one dir.
@@ -51,8 +55,6 @@ CLASS_LIST_NAMES = (CLASSES_TXT, "obj.names")
 YAML_SUFFIXES = (".yaml", ".yml")
 #: Largest dataset YAML read for `names:` (a class list is a few KB).
 MAX_YAML_BYTES = 1 << 20
-#: Most YAML nodes a dataset YAML may expand to (a guard against alias bombs).
-MAX_YAML_NODES = 100_000
 CLASS_LIST_HINT = f"{CLASSES_TXT}, obj.names or a data.yaml with names:"
 
 
@@ -170,9 +172,6 @@ def _as_id(key: Any) -> int | None:
     return None
 
 
-_YAML_NAMES: dict[tuple[str, int, int], bool] = {}
-
-
 def _yaml_has_names(path: str) -> bool:
     """True when the YAML file at `path` is a mapping with a `names:` key (memoised by stamp:
     a dataset has a few YAMLs, read once however many labels lie below them)."""
@@ -180,48 +179,35 @@ def _yaml_has_names(path: str) -> bool:
         stat = os.stat(path)
     except OSError:
         return False
-    key = (path, stat.st_mtime_ns, stat.st_size)
-    if key not in _YAML_NAMES:
-        found = False
-        if stat.st_size <= MAX_YAML_BYTES:
-            try:
-                with open(path, "rb") as f:
-                    raw = f.read()
-                data, problem = _load_yaml(raw.decode("utf-8-sig", errors="replace"))
-                found = problem is None and isinstance(data, dict) and "names" in data
-            except OSError:
-                found = False
-        if len(_YAML_NAMES) > 4096:
-            _YAML_NAMES.clear()
-        _YAML_NAMES[key] = found
-    return _YAML_NAMES[key]
+    if not S_ISREG(stat.st_mode):  # a FIFO would block the read
+        return False
+    return _yaml_has_names_at(path, stat.st_mtime_ns, stat.st_size)
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader refusing documents that expand to more than MAX_YAML_NODES nodes."""
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        count, stack = 0, [node]
-        while stack:
-            current = stack.pop()
-            count += 1
-            if count > MAX_YAML_NODES:
-                raise yaml.YAMLError("the document expands to too many values")
-            if isinstance(current, yaml.SequenceNode):
-                stack.extend(current.value)
-            elif isinstance(current, yaml.MappingNode):
-                for key, value in current.value:
-                    stack.extend((key, value))
-        return super().construct_document(node)
+@functools.lru_cache(maxsize=4096)
+def _yaml_has_names_at(path: str, mtime_ns: int, size: int) -> bool:
+    """`_yaml_has_names` for one version of the file (mtime and size are the memo's key)."""
+    del mtime_ns  # only part of the key: a changed file is read again
+    if size > MAX_YAML_BYTES:
+        return False
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return False
+    data, problem = _load_yaml(raw.decode("utf-8-sig", errors="replace"))
+    return problem is None and isinstance(data, dict) and "names" in data
 
 
 def _load_yaml(text: str) -> tuple[Any, str | None]:
     if len(text) > MAX_YAML_BYTES:
         return None, "a YAML file over 1 MB"
     try:
-        return yaml.load(text, Loader=_BoundedLoader), None  # a safe loader
+        return yaml.load(text, Loader=BoundedLoader), None  # safe, bounded (params.py)
     except yaml.YAMLError as exc:
         return None, f"invalid YAML ({_short(str(exc))})"
+    except RecursionError:  # the composer recurses per nesting level
+        return None, "invalid YAML (nested too deep)"
 
 
 # --------------------------------------------------------------------------- images
@@ -310,6 +296,10 @@ def _image_for(path: Path, raw_dir: Path, file: str
                                   f"{file}: the image must exist as {path.stem}.<jpg|png|...> "
                                   f"in {where}, got none")]
     image_file = rel_posix(image, raw_dir)
+    problem = read_problem(image, raw_dir)
+    if problem is not None:  # a link out of the raw dir: not even its header is read
+        return None, None, [Issue(file, None, problem[0], "error",
+                                  f"{file}: image {image_file} {problem[1]}")]
     try:
         return image_file, image_size(image), []
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
