@@ -31,4 +31,4 @@ lint: setup
 	ruff check pipeline tests bench
 
 clean:
-	rm -rf data/prepared data/cache models reports/eval reports/train
+	rm -rf data/prepared data/cache data/review models reports/eval reports/train reports/review reports/report.html
