@@ -41,7 +41,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +161,28 @@ def train(params: Params, *, stop_after: int | None = None, progress: bool = Tru
             dist.destroy_process_group()
 
 
+def _backward(model: nn.Module, micro: Sequence[Micro],
+              aug: data.Augment, plan: Plan, precision: Precision, loss_fn: nn.Module,
+              env: Dist, device: torch.device) -> torch.Tensor:
+    """Forward and backward of one optimiser step's micro-batches; returns the step's loss
+    (the sum of the micro-batches' share of it, detached)."""
+    total = torch.zeros((), device=device)
+    for m, (windows, masks, draws) in enumerate(micro):
+        x, y = data.apply_augment(windows.to(device, non_blocking=True),
+                                  masks.to(device, non_blocking=True), aug, draws, plan.patch)
+        x = x.contiguous(memory_format=precision.memory_format)
+        # DDP: average the gradients once, after the last micro-batch
+        sync = model.no_sync() if env.world_size > 1 and m < len(micro) - 1 and hasattr(
+            model, "no_sync") else contextlib.nullcontext()
+        with sync:
+            with precision.autocast(device):
+                logits = model(x)
+            loss = loss_fn(logits, y) / len(micro)
+            loss.backward()
+        total += loss.detach()
+    return total
+
+
 def _run(params: Params, env: Dist, device: torch.device, stop_after: int | None,
          progress: bool, log: TextIO, threads: int) -> TrainResult:
     cfg, classes = params.train, tuple(params.labels.classes)
@@ -231,21 +253,8 @@ def _run(params: Params, env: Dist, device: torch.device, stop_after: int | None
         lr = lr_at(step, plan.steps, plan.warmup_steps, plan.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        for m, (windows, masks, draws) in enumerate(micro):
-            x, y = data.apply_augment(windows.to(device, non_blocking=True),
-                                      masks.to(device, non_blocking=True), aug, draws,
-                                      plan.patch)
-            x = x.contiguous(memory_format=precision.memory_format)
-            last = m == cfg.grad_accum - 1
-            # DDP: average the gradients once, after the last micro-batch
-            sync = model.no_sync() if env.world_size > 1 and not last and hasattr(
-                model, "no_sync") else contextlib.nullcontext()
-            with sync:
-                with precision.autocast(device):
-                    logits = model(x)
-                loss = loss_fn(logits, y) / cfg.grad_accum
-                loss.backward()
-            loss_sum += loss.detach()
+        loss = _backward(model, micro, aug, plan, precision, loss_fn, env, device)
+        loss_sum += loss
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         # EMA of the weights: evaluated and saved, it smooths the last steps' noise (the
@@ -254,8 +263,7 @@ def _run(params: Params, env: Dist, device: torch.device, stop_after: int | None
         losses += 1
         bar.update(1)
         if env.main and (step % 10 == 0 or step == end - 1):
-            bar.note(step=f"{step + 1}/{plan.steps}",
-                     loss=f"{loss.item() * cfg.grad_accum:.3f}")
+            bar.note(step=f"{step + 1}/{plan.steps}", loss=f"{loss.item():.3f}")
 
         # every val_every steps, and at the end: BatchNorm statistics from rank 0, mean loss,
         # val mIoU of the EMA weights (all ranks), DVCLive, checkpoint
