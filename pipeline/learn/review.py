@@ -193,21 +193,32 @@ def assign_folds(ids: Sequence[str], groups: Mapping[str, str], folds: int, seed
 def owner(record: Record, region: Region, scale: tuple[float, float], shape_values: Sequence[int],
           line_width: int, point_radius: int) -> Shape | None:
     """The shape whose drawn pixels cover most of the region (at the original size), drawing
-    the shapes in file order as the rasteriser does (a later shape wins), or None."""
+    the shapes in file order as the rasteriser does (a later shape wins), or None.
+
+    A boundary band on annotated background (an outline drawn inside the object's edge) covers
+    no shape: it belongs to the shape of the predicted class that borders it."""
+    from scipy import ndimage
+
     sx, sy = scale
+    outside = region.kind == "boundary" and region.given == 0
+    pad = 2 if outside else 0  # working-scale px around the band where its shape is
     x0, y0, x1, y1 = region.box
-    left, top = int(x0 / sx), int(y0 / sy)
-    width = max(1, math.ceil((x1 + 1) / sx) - left)
-    height = max(1, math.ceil((y1 + 1) / sy) - top)
-    inside = np.asarray(Image.fromarray(region.pixels.astype(np.uint8)).resize(
+    left, top = math.floor((x0 - pad) / sx), math.floor((y0 - pad) / sy)
+    width = max(1, math.ceil((x1 + 1 + pad) / sx) - left)
+    height = max(1, math.ceil((y1 + 1 + pad) / sy) - top)
+    pixels = np.pad(region.pixels, pad)
+    if outside:
+        pixels = ndimage.binary_dilation(pixels, iterations=pad) & ~pixels
+    inside = np.asarray(Image.fromarray(pixels.astype(np.uint8)).resize(
         (width, height), Image.Resampling.NEAREST)).astype(bool)
-    candidates = []
+    candidates, values = [], []
     for shape, value in zip(record.shapes, shape_values, strict=True):
         if value < 0 or len(candidates) == 254:
             continue
         moved = dataclasses.replace(shape, points=tuple((x - left, y - top)
                                                         for x, y in shape.points))
         candidates.append((moved, len(candidates) + 1))
+        values.append(value)
     if not candidates:
         return None
     try:
@@ -217,9 +228,12 @@ def owner(record: Record, region: Region, scale: tuple[float, float], shape_valu
         return None
     votes = np.bincount(drawn[inside], minlength=len(candidates) + 1)
     votes[0] = 0
+    if outside:  # only a shape of the class the model sees there
+        votes[1:][np.asarray(values) != region.predicted] = 0
     if votes.max() == 0:
         return None
-    return record.shapes[int(votes.argmax()) - 1]
+    shapes = [s for s, v in zip(record.shapes, shape_values, strict=True) if v >= 0]
+    return shapes[int(votes.argmax()) - 1]
 
 
 def read_record(row: ManifestRow, raw_dir: Path) -> Record | None:

@@ -111,6 +111,23 @@ def test_a_suspect_is_mapped_to_the_last_drawn_shape_covering_it() -> None:
     assert owner(record, elsewhere, (0.5, 0.5), [-1, -1, -1], 10, 5) is None  # no class
 
 
+def test_a_band_outside_a_shrunk_outline_names_the_shape_it_borders() -> None:
+    # the annotator drew the square 2 px inside its edge; a skipped shape (unknown label) and
+    # a shape of another class come first in the file
+    unknown = Shape("stra", "rectangle", ((50, 50), (55, 55)), 0, source="a.json")
+    other = Shape("star", "rectangle", ((0, 0), (5, 5)), 1, source="a.json")
+    shrunk = Shape("circle", "rectangle", ((12, 12), (47, 47)), 2, source="a.json")
+    record = Record("a", "a.json", "labelme", "a.png", None, 60, 60, (unknown, other, shrunk))
+    truth = np.zeros((60, 60), np.uint8)
+    square(truth, 10, 10, 40, 1)
+    given = np.zeros((60, 60), np.uint8)
+    square(given, 12, 12, 36, 1)
+    regions = find_regions(confident(truth), given, TYPICAL)
+    assert [(r.kind, r.given, r.predicted) for r in regions] == [("boundary", 0, 1)]
+    assert owner(record, regions[0], (1.0, 1.0), [-1, 2, 1], 10, 5) == shrunk
+    assert owner(record, regions[0], (1.0, 1.0), [-1, 2, 2], 10, 5) is None  # no circle there
+
+
 def test_review_csv_ranks_suspects_and_names_one_overlay_per_shown_image() -> None:
     def suspect(image: str, score: float, shape: int | None) -> Suspect:
         return Suspect(image, f"{image}.json", shape, "circle", "missing", score, "circle", 50,
