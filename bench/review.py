@@ -3,17 +3,19 @@ out-of-fold probabilities.
 
     .venv/bin/python bench/review.py                   # the sample, then raccoon-voc
     .venv/bin/python bench/review.py --sets sample --share 0.08 --seed 1
+    .venv/bin/python bench/review.py --reuse   # same planted files and fold models, scored again
 
 For each set, in a scratch directory under bench/.work/review/: the raw files are copied (the
 sample is generated), mistakes are planted in `--share` of the annotation files — a shape
 deleted, a label swapped to another class, a shape shifted by a fifth of its size, a shape
 shrunk or grown by a fifth — and recorded; then `segpipe convert`, `split` and `review` run.
-Printed, per set: recall and precision of the planted files among the top k of the file
-ranking (k = files planted), the average precision (AUPRC) of the ranking, and the share of
-planted shapes whose suspect names the right file and shape (for a deleted shape: a *missing*
-suspect on its place). The same figures for cleanlab's
-`segmentation.rank.get_label_quality_scores` (softmin) on the very probabilities review
-computed. cleanlab is installed into bench/.work/cleanlab only (not a project dependency).
+Printed, per set: recall and precision of the planted files among the top k of the stage's
+file ranking (images.csv; k = files planted), the average precision (AUPRC) of the ranking, the
+share of planted shapes whose suspect names the right file and shape (for a deleted shape: a
+*missing* suspect on its place), and how many planted and clean files have a row in
+review.csv. The same figures for cleanlab's `segmentation.rank.get_label_quality_scores`
+(softmin) on the very probabilities review computed. cleanlab is installed into
+bench/.work/cleanlab only (not a project dependency).
 """
 
 from __future__ import annotations
@@ -153,11 +155,8 @@ def top_k(ranked: list[str], positives: set[str]) -> tuple[float, float]:
     return found / max(1, k), found / max(1, min(k, len(ranked)))
 
 
-def run(name: str, share: float, seed: int) -> dict:
-    from pipeline.learn import review
-    from pipeline.params import load_params
-
-    work = WORK / name
+def prepare(work: Path, name: str, share: float, seed: int) -> list[Planted]:
+    """A fresh scratch set with mistakes planted, converted and split."""
     if work.exists():
         shutil.rmtree(work)
     raw = work / "raw"
@@ -179,7 +178,22 @@ def run(name: str, share: float, seed: int) -> dict:
     for stage in ("convert", "split"):
         subprocess.run([sys.executable, "-m", "pipeline", stage], cwd=work, env=env, check=True,
                        capture_output=True)
+    return planted
 
+
+def run(name: str, share: float, seed: int, reuse: bool) -> dict:
+    from pipeline.learn import review
+    from pipeline.params import load_params
+
+    work = WORK / name
+    record = work / "planted.json"
+    if reuse and record.is_file() and json.loads(record.read_text())["args"] == [share, seed]:
+        planted = [Planted(p["file"], p["shape"], p["kind"], tuple(p["box"]))
+                   for p in json.loads(record.read_text())["planted"]]
+    else:
+        planted = prepare(work, name, share, seed)
+        record.write_text(json.dumps({"args": [share, seed],
+                                      "planted": [p.__dict__ for p in planted]}))
     probabilities: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     os.chdir(work)
     results = review.run_review(load_params("params.yaml"), progress=False,
@@ -188,12 +202,9 @@ def run(name: str, share: float, seed: int) -> dict:
     suspects = review.ranked(results)
     positives = {p.file.rpartition(".")[0] for p in planted}  # sample ids
 
-    # ours: samples by their best suspect, then (no suspect) by the image score
-    best: dict[str, float] = {}
-    for s in suspects:
-        best.setdefault(s.id, s.score)
-    quality = {r.row.id: r.image_score for r in results}
-    ours = sorted(quality, key=lambda f: (-best.get(f, -1.0), quality[f], f))
+    # ours: the stage's own file ranking (reports/review/images.csv)
+    ours = [r.row.id for r in review.ranked_images(results)]
+    listed = {s.id for s in suspects}  # files with a row in review.csv
     # cleanlab: the softmin image score on the same probabilities (lower = worse); it has no
     # ignore label: ignore pixels count as background for it
     ensure_cleanlab()
@@ -221,11 +232,13 @@ def run(name: str, share: float, seed: int) -> dict:
             elif s.shape == p.shape:
                 named += 1
                 break
-    out = {"set": name, "files": len(quality), "planted": len(planted),
+    out = {"set": name, "files": len(ours), "planted": len(planted),
            "ours": {"recall_at_k": top_k(ours, positives)[0],
                     "precision_at_k": top_k(ours, positives)[1],
                     "auprc": average_precision(ours, positives),
-                    "named_right_shape": named / max(1, len(planted))},
+                    "named_right_shape": named / max(1, len(planted)),
+                    "planted_files_in_review_csv": len(listed & positives) / max(1, len(positives)),
+                    "clean_files_in_review_csv": len(listed - positives)},
            "cleanlab": {"recall_at_k": top_k(theirs, positives)[0],
                         "precision_at_k": top_k(theirs, positives)[1],
                         "auprc": average_precision(theirs, positives)},
@@ -240,9 +253,11 @@ def main() -> int:
                         choices=["sample", "raccoon"])
     parser.add_argument("--share", type=float, default=0.08, help="share of files planted")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a previous run's planted set and fold models (score again)")
     args = parser.parse_args()
     for name in args.sets:
-        result = run(name, args.share, args.seed)
+        result = run(name, args.share, args.seed, args.reuse)
         print(json.dumps(result, indent=1), flush=True)
     return 0
 

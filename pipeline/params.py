@@ -190,10 +190,10 @@ class ReviewParams:
     folds: int = _range(3, 2, 20)  # models, each trained on all folds but one
     steps: int | str = _auto(int, 1, 10_000_000)  # per fold model; auto = step_share x plan
     step_share: float = _range(0.35, 0.01, 1.0)  # of the train plan's steps, per fold model
-    confidence: float = _range(0.8, 0.5, 1.0)  # a disagreement counts when the model is this sure
+    confidence: float = _range(0.5, 0.5, 1.0)  # a disagreement counts when the model is this sure
     min_area: float = _range(0.2, 0.0, 100.0)  # smallest region, share of a typical object
     boundary_px: int = _range(2, 0, 100)  # band along annotated edges: boundary suspects
-    threshold: float = _range(0.25, 0.0, 1.0)  # suspects scoring less are not listed
+    threshold: float = _range(0.1, 0.0, 1.0)  # suspects scoring less are not listed
     temperature: float = _range(0.1, 0.001, 10.0)  # of the softmin image score
     top: int = _range(20, 0, 10_000)  # suspects shown in review.md with overlays
     seed: int = _range(0, 0)

@@ -22,7 +22,11 @@
    shape whose pixels it covers (the last-drawn one, as the rasteriser draws), or no shape for
    a missing object.
 
-Outputs: `review.out_dir`/review.csv (most suspect first), review.md (the top `review.top`
+Images are ranked by their score, the worst first (`images.csv`); the suspects follow that
+order, the strongest of an image first.
+
+Outputs: `review.out_dir`/review.csv (suspects, worst image first), images.csv (every image
+ranked), review.md (the top `review.top`
 with overlays image | annotation | prediction, suspect regions outlined) and overlays/, and
 `review.metrics_path` (suspects per kind: a DVC metric). Fold models, caches and checkpoints
 live in `review.work_dir` (a killed review resumes fold by fold).
@@ -62,6 +66,7 @@ from pipeline.storage.images import rgb_png_bytes
 KINDS = ("missing", "extra", "wrong_class", "boundary")
 COLUMNS = ("rank", "id", "annotation", "shape", "label", "kind", "score", "predicted", "area",
            "confidence", "image_score", "x0", "y0", "x1", "y1", "overlay")
+IMAGE_COLUMNS = ("rank", "id", "annotation", "image_score", "suspects", "fold")
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ def label_quality(probs: np.ndarray, labels: np.ndarray, temperature: float = 0.
 
 
 def find_regions(probs: np.ndarray, labels: np.ndarray, typical_area: Sequence[float], *,
-                 confidence: float = 0.8, min_area: float = 0.2, boundary_px: int = 2
+                 confidence: float = 0.5, min_area: float = 0.2, boundary_px: int = 2
                  ) -> list[Region]:
     """The suspect regions of one image (C x h x w probabilities, h x w mask), best first.
 
@@ -392,9 +397,31 @@ def score_image(params: Params, fingerprint: Fingerprint, row: ManifestRow, prob
 
 
 def ranked(results: Sequence[Scored]) -> list[Suspect]:
-    """Every suspect, most suspect first (ties: the worse image score, then id and place)."""
+    """Every suspect, grouped by image in `ranked_images` order (the worst label quality
+    first), the strongest suspect of an image first."""
+    order = {r.row.id: k for k, r in enumerate(ranked_images(results))}
     suspects = [s for r in results for s in r.suspects]
-    return sorted(suspects, key=lambda s: (-s.score, s.image_score, s.id, s.box))
+    return sorted(suspects, key=lambda s: (order[s.id], -s.score, s.box))
+
+
+def ranked_images(results: Sequence[Scored]) -> list[Scored]:
+    """Every reviewed image, the worst label-quality score first (an image without a scored
+    pixel last); ties by id. The measured file ranking (bench/review.py): the score finds
+    mistakes too subtle to leave a confident region, which only says where to look."""
+    return sorted(results, key=lambda r: (math.isnan(r.image_score),
+                                          0.0 if math.isnan(r.image_score) else r.image_score,
+                                          r.row.id))
+
+
+def images_csv(results: Sequence[Scored]) -> str:
+    """rank, id, annotation, image_score, suspects, fold: every image, worst first."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(IMAGE_COLUMNS)
+    for rank, r in enumerate(ranked_images(results), start=1):
+        writer.writerow([rank, r.row.id, r.row.annotation, f"{r.image_score:.6f}",
+                         len(r.suspects), r.fold])
+    return buffer.getvalue()
 
 
 def overlay_names(suspects: Sequence[Suspect], top: int) -> dict[str, str]:
@@ -430,6 +457,7 @@ def write_outputs(params: Params, results: Sequence[Scored]) -> None:
     suspects = ranked(results)
     shown = overlay_names(suspects, cfg.top)
     write_text(out / "review.csv", review_csv(suspects, shown))
+    write_text(out / "images.csv", images_csv(results))
     by_id = {r.row.id: r for r in results}
     overlay_dir = out / "overlays"
     if overlay_dir.is_dir():

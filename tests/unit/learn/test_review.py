@@ -8,15 +8,19 @@ import math
 import numpy as np
 import pytest
 
+from pipeline.core.manifest import ManifestRow
 from pipeline.core.records import IGNORE, Record, Shape
 from pipeline.learn.review import (
     Region,
+    Scored,
     Suspect,
     assign_folds,
     find_regions,
+    images_csv,
     label_quality,
     overlay_names,
     owner,
+    ranked,
     review_csv,
 )
 
@@ -78,7 +82,7 @@ def test_a_grown_outline_is_a_boundary_band_and_a_clean_mask_has_no_suspect() ->
     assert [r.kind for r in regions] == ["boundary"]
     assert regions[0].score == pytest.approx(0.5 * 0.95 * min(1.0, regions[0].area / 100))
     assert find_regions(confident(truth), truth, TYPICAL) == []
-    unsure = confident(truth, p=0.6)  # the model disagrees, but not confidently
+    unsure = confident(truth, p=0.45)  # the model disagrees, but not confidently
     assert find_regions(unsure, grown, TYPICAL) == []
     tiny = truth.copy()
     tiny[0:2, 0:2] = 2  # 4 px: under min_area of a typical 100 px object
@@ -145,3 +149,20 @@ def test_review_csv_ranks_suspects_and_names_one_overlay_per_shown_image() -> No
         "2,a/x,a/x.json,2,circle,missing,0.7000,circle,50,0.9000,0.4000,1,2,3,4,overlays/01_a__x.png",
         "3,b,b.json,,circle,missing,0.5000,circle,50,0.9000,0.4000,1,2,3,4,overlays/02_b.png",
         "4,c,c.json,1,circle,missing,0.3000,circle,50,0.9000,0.4000,1,2,3,4,"]
+
+
+def test_images_rank_by_label_quality_and_suspects_follow_their_image() -> None:
+    def scored(image: str, quality: float, scores: tuple[float, ...], fold: int) -> Scored:
+        row = ManifestRow(image, f"{image}.json", f"images/{image}.png", f"masks/{image}.png",
+                          8, 8, "", "", image, (64,), "")
+        suspects = tuple(Suspect(image, f"{image}.json", k, "circle", "extra", score, "background",
+                                 10, 0.9, quality, (k, 0, k, 0)) for k, score in enumerate(scores))
+        return Scored(row, quality, suspects, (), fold)
+    results = [scored("a", 0.30, (0.9,), 0), scored("b", 0.02, (0.2, 0.6), 1),
+               scored("c", math.nan, (), 2), scored("d", 0.10, (), 0)]
+    # the worst image first, even with the weaker suspects; within it, the strongest first
+    assert [(s.id, s.score) for s in ranked(results)] == [("b", 0.6), ("b", 0.2), ("a", 0.9)]
+    assert images_csv(results).splitlines() == [
+        "rank,id,annotation,image_score,suspects,fold",
+        "1,b,b.json,0.020000,2,1", "2,d,d.json,0.100000,0,0", "3,a,a.json,0.300000,1,0",
+        "4,c,c.json,nan,0,2"]
