@@ -5,8 +5,9 @@ recipe). Pure: `make_plan` takes the fingerprint and the params and returns a `P
 
 The rules, each with its reason in `Plan.reasons`:
 - **working scale**: as large as the device's working size allows (`LONG_SIDE`), never above
-  the images' own size, and never so small that the thinnest class falls under `THIN_PX`
-  pixels thick (then the thin class wins over speed). Images are resized *relatively* (each
+  the images' own size; smaller when the largest class's typical object would span more than
+  `OBJECT_FIT` of a patch (down to one patch for the whole image); and never so small that
+  the thinnest class falls under `THIN_PX` pixels thick (then the thin class wins). Images are resized *relatively* (each
   image's long side to one length) when object sizes relative to their image vary less than
   their sizes in pixels (web photos of mixed resolution), else by one absolute factor (one
   camera).
@@ -54,6 +55,10 @@ FG_SHARE = 0.33
 RELATIVE_GAIN = 0.7
 #: Most an image is enlarged to reach the working size (relative mode).
 MAX_UPSCALE = 4.0
+#: The typical object of the largest class should span at most this share of the patch side,
+#: so a crop holds it with context around it (a raccoon filling half a web photo is learnt
+#: from crops that see its outline, not from crops inside it).
+OBJECT_FIT = 0.5
 #: Width of the first U-Net level per device (CPU time grows with its square).
 BASE_WIDTH = {"cpu": 16, "cuda": 32}
 
@@ -176,6 +181,15 @@ def _scale(fp: Fingerprint, cfg: TrainParams, device: str, median_long: float,
     why = (f"the median image's long side {median_long:g} px fits the {device}'s working "
            f"size {LONG_SIDE[device]}" if scale >= 1.0
            else f"{median_long:g} px down to the {device}'s working size {LONG_SIDE[device]}")
+    largest = max(fp.classes.items(), key=lambda kv: kv[1].area, default=None)
+    if largest is not None:
+        name, big = largest
+        side, limit = math.sqrt(big.area), OBJECT_FIT * PATCH[device]
+        if side * scale > limit and median_long * scale > PATCH[device]:
+            # smaller until the object fits, but no smaller than one patch for the whole image
+            scale = max(limit / side, PATCH[device] / median_long)
+            why = (f"the typical {name!r} ({side:.0f} px across) must fit in "
+                   f"{OBJECT_FIT:.0%} of a {PATCH[device]} px patch (or the whole image in one)")
     if thinnest is not None:
         name, thin = thinnest
         needed = min(1.0, THIN_PX / max(thin.thickness, 1e-6))

@@ -58,6 +58,22 @@ def test_a_thin_class_forces_a_finer_scale() -> None:
     assert plan.class_weights == (0.0, 1.0, 1.0)
 
 
+def test_a_large_object_is_made_to_fit_half_a_patch_unless_a_thin_class_forbids() -> None:
+    big = dataset((1000, 750), blob_radius=150, line_width=None)  # discs ~266 px across
+    plan = make_plan(big, TrainParams(), CLASSES, "cpu")
+    side = big.classes["blob"].area ** 0.5
+    assert plan.scale == round(0.5 * 256 / side, 6)
+    assert plan.patch == 256 and plan.long_side == round(1000 * 0.5 * 256 / side)
+    assert any("typical 'blob'" in r and "must fit in 50% of a 256 px patch" in r
+               for r in plan.reasons)
+    # never below one patch for the whole image: 400 px photos stop at 256 / 400
+    huge = dataset((400, 300), blob_radius=140, line_width=None)
+    assert make_plan(huge, TrainParams(), CLASSES, "cpu").scale == 256 / 400
+    # a 3 px line keeps its pixels: the thin class wins
+    thin = dataset((1000, 750), blob_radius=150, line_width=3)
+    assert make_plan(thin, TrainParams(), CLASSES, "cpu").scale == 1.0
+
+
 def test_small_images_train_whole() -> None:
     plan = make_plan(dataset((84, 64), blob_radius=8, line_width=None), TrainParams(),
                      CLASSES, "cpu")
