@@ -7,16 +7,16 @@ The rules, each with its reason in `Plan.reasons`:
 - **working scale**: as large as the device's working size allows (`LONG_SIDE`), never above
   the images' own size; smaller when the largest class's typical object would span more than
   `OBJECT_FIT` of a patch (down to one patch for the whole image); and never so small that
-  the thinnest class falls under `THIN_PX` pixels thick (then the thin class wins). Images are resized *relatively* (each
-  image's long side to one length) when object sizes relative to their image vary less than
-  their sizes in pixels (web photos of mixed resolution), else by one absolute factor (one
-  camera).
+  the thinnest class falls under `THIN_PX` pixels thick (then the thin class wins). Images
+  are resized *relatively* (each image's long side to one length) when object sizes relative
+  to their image vary less than their sizes in pixels (web photos of mixed resolution), else
+  by one absolute factor (one camera).
 - **patch**: the device's largest (`PATCH`), or less when the working images are smaller;
   a multiple of 2**depth, so every U-Net level has whole pixels.
 - **batch**: a fixed number of pixels per optimiser step (`STEP_PIXELS`), at least `MIN_BATCH`
   crops (BatchNorm needs a few samples per batch).
 - **steps**: a budget of crop pixels per device (`PIXEL_BUDGET`, tuned so the sample trains in
-  a few minutes on 2 CPU cores) divided by the pixels of one step. Steps, not epochs: accuracy
+  ~7 minutes on 2 CPU cores) divided by the pixels of one step. Steps, not epochs: accuracy
   follows the optimiser step count.
 - **crop sampling**: a share (`FG_SHARE`) of the crops is centred on a pixel of a foreground
   class, every class present equally likely (so a class with a thousandth of the pixels is
@@ -45,8 +45,8 @@ PATCH = {"cpu": 256, "cuda": 512}
 #: Crop pixels per optimiser step (the batch is this divided by the patch area).
 STEP_PIXELS = {"cpu": 4 * 256 * 256, "cuda": 16 * 512 * 512}
 MIN_BATCH, MAX_BATCH = 4, 64
-#: Crop pixels over the whole run: ~5 minutes of bf16 training on 2 CPU cores; far more on
-#: a GPU, which is ~50x faster.
+#: Crop pixels over the whole run: the sample trains in ~7 minutes (bf16, 2 CPU cores); a
+#: GPU gets 27x the pixels (unmeasured here: no GPU was at hand).
 PIXEL_BUDGET = {"cpu": 300_000_000, "cuda": 8_000_000_000}
 MIN_STEPS, MAX_STEPS = 300, 20_000
 #: Share of crops centred on a foreground pixel (nnU-Net: one in three).
