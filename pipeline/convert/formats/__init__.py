@@ -82,6 +82,12 @@ def sample_id(path: Path | str, raw_dir: Path | str) -> str:
     return f"{head}{slash}{name}"
 
 
+def unusable_size(file: str, message: str) -> tuple[None, None, list[Issue]]:
+    """A declared image size the reader cannot use: no size, and a bad_size warning (the
+    image's own size is used instead)."""
+    return None, None, [Issue(file, None, "bad_size", "warning", message)]
+
+
 def reader_result(path: Path | str, raw_dir: Path | str, fmt: str, issues: list[Issue], *,
                   image_path: str | None, image_data: bytes | None, width: int | None,
                   height: int | None, shapes: Sequence[Shape],

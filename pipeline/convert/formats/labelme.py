@@ -38,6 +38,7 @@ from pipeline.convert.formats import (
     read_text,
     reader_result,
     rel_posix,
+    unusable_size,
 )
 from pipeline.core.records import Issue, Point, Record, Shape, is_error
 
@@ -320,20 +321,8 @@ def _declared_size(data: dict[str, Any], file: str) -> tuple[int | None, int | N
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            return (
-                None,
-                None,
-                [
-                    Issue(
-                        file,
-                        None,
-                        "bad_size",
-                        "warning",
-                        f"{file}: imageWidth/imageHeight must be positive integers, got "
-                        f"{width!r} x {height!r}; ignored them",
-                    )
-                ],
-            )
+            return unusable_size(file, f"{file}: imageWidth/imageHeight must be positive "
+                                       f"integers, got {width!r} x {height!r}; ignored them")
         values.append(value)
     return values[0], values[1], []
 

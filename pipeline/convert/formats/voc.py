@@ -39,6 +39,7 @@ from pipeline.convert.formats import (
     is_inside,
     reader_result,
     rel_posix,
+    unusable_size,
 )
 from pipeline.core.records import Issue, Record, Shape
 
@@ -252,19 +253,8 @@ def _declared_size(root: Element, file: str) -> tuple[int | None, int | None, li
         return None, None, []
     width, height = _labelimg_int(wt), _labelimg_int(ht)
     if (wt is not None and width is None) or (ht is not None and height is None):
-        return (
-            None,
-            None,
-            [
-                Issue(
-                    file,
-                    None,
-                    "bad_size",
-                    "warning",
-                    f"{file}: {tags} must be integers, got {wt!r} x {ht!r}; ignored them",
-                )
-            ],
-        )
+        return unusable_size(file, f"{file}: {tags} must be integers, got {wt!r} x {ht!r}; "
+                                   "ignored them")
     if width is None or height is None or width <= 0 or height <= 0:
         return None, None, []  # missing or zero size (LabelImg writes 0 when it did not know)
     return width, height, []
