@@ -189,7 +189,7 @@ class ReviewParams:
     work_dir: str = "data/review"  # the fold models, their caches and checkpoints
     folds: int = _range(3, 2, 20)  # models, each trained on all folds but one
     steps: int | str = _auto(int, 1, 10_000_000)  # per fold model; auto = step_share x plan
-    step_share: float = _range(0.35, 0.01, 1.0)  # of the train plan's steps, per fold model
+    step_share: float = _range(0.25, 0.01, 1.0)  # of the train plan's steps, per fold model
     confidence: float = _range(0.5, 0.5, 1.0)  # a disagreement counts when the model is this sure
     min_area: float = _range(0.2, 0.0, 100.0)  # smallest region, share of a typical object
     boundary_px: int = _range(2, 0, 100)  # band along annotated edges: boundary suspects
