@@ -83,9 +83,9 @@ def _run_locked(params: Params, n_jobs: int, progress: bool,
     # 1. find the samples (a name that is not UTF-8 is an error, never read); decide from
     # the cache which can be reused
     found = inputs.find_samples(raw_dir, cfg.masks)
-    text = {s.id: all(inputs.is_text(a) for a in s.annotations) for s in found}
-    samples = [s for s in found if text[s.id]]
-    bad_names = {s.id: bad_name(s) for s in found if not text[s.id]}
+    bad_names = {s.id: bad_name(s) for s in found
+                 if not all(inputs.is_text(a) for a in s.annotations)}
+    samples = [s for s in found if s.id not in bad_names]
     pkey, tree = cache.params_key(labels, cfg), inputs.tree_signature(raw_dir)
     cache_path = out_dir / cache.CACHE_FILE
     entries = cache.load_cache(cache_path)

@@ -216,16 +216,13 @@ def owner(record: Record, region: Region, scale: tuple[float, float], shape_valu
         pixels = ndimage.binary_dilation(pixels, iterations=pad) & ~pixels
     inside = np.asarray(Image.fromarray(pixels.astype(np.uint8)).resize(
         (width, height), Image.Resampling.NEAREST)).astype(bool)
-    candidates, values = [], []
-    for shape, value in zip(record.shapes, shape_values, strict=True):
-        if value < 0 or len(candidates) == 254:
-            continue
-        moved = dataclasses.replace(shape, points=tuple((x - left, y - top)
-                                                        for x, y in shape.points))
-        candidates.append((moved, len(candidates) + 1))
-        values.append(value)
-    if not candidates:
+    kept = [(shape, value) for shape, value in zip(record.shapes, shape_values, strict=True)
+            if value >= 0][:254]  # shapes with a class; drawn values 1..254
+    if not kept:
         return None
+    candidates = [(dataclasses.replace(shape, points=tuple((x - left, y - top)
+                                                           for x, y in shape.points)), k)
+                  for k, (shape, _) in enumerate(kept, start=1)]
     try:
         drawn = raster.rasterize(candidates, width, height, line_width=line_width,
                                  point_radius=point_radius)
@@ -234,11 +231,10 @@ def owner(record: Record, region: Region, scale: tuple[float, float], shape_valu
     votes = np.bincount(drawn[inside], minlength=len(candidates) + 1)
     votes[0] = 0
     if outside:  # only a shape of the class the model sees there
-        votes[1:][np.asarray(values) != region.predicted] = 0
+        votes[1:][np.array([value for _, value in kept]) != region.predicted] = 0
     if votes.max() == 0:
         return None
-    shapes = [s for s, v in zip(record.shapes, shape_values, strict=True) if v >= 0]
-    return shapes[int(votes.argmax()) - 1]
+    return kept[int(votes.argmax()) - 1][0]
 
 
 def read_record(row: ManifestRow, raw_dir: Path) -> Record | None:

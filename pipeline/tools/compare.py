@@ -51,10 +51,6 @@ from pipeline.tools.runs import (
 
 _EPS = 1e-9  # a drop equal to the threshold passes, whatever the float rounding
 
-#: A missing or malformed input (exit 3); the name other code and tests know it by.
-MissingMetrics = BadRunFile
-
-
 @dataclass(frozen=True)
 class Paths:
     metrics: str  # evaluate.metrics_path

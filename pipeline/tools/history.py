@@ -33,6 +33,7 @@ from pipeline.tools.runs import (
     parse_splits,
     read_blobs,
     read_working,
+    where,
 )
 
 _SEP = "\x1f"  # field separator in the git log format: never in a commit subject
@@ -216,13 +217,13 @@ def read_history(revs: Sequence[str], paths: tuple[str, str, str], cwd: Path, *,
     metrics_path, data_path, splits_path = paths
     commits = log_commits(revs, metrics_path, cwd, max_count)
     blobs = read_blobs([(c.sha, p) for c in commits for p in paths], cwd)
-    sides = [(c.short, c.date, f"at {c.short}", blobs[3 * k:3 * k + 3])
+    sides = [(c.short, c.date, where(c.short), blobs[3 * k:3 * k + 3])
              for k, c in enumerate(commits)]
     if working_tree:
-        sides.append(("working tree", "", "in the working tree",
-                      [read_working(p, cwd) for p in paths]))
+        sides.append(("working tree", "", where(None), [read_working(p, cwd) for p in paths]))
     versions: list[Version] = []
     notes: list[str] = []
+    previous: Version | None = None  # the last row with an eval set
     for name, date, side, (m_raw, d_raw, s_raw) in sides:
         if m_raw is None:  # the commit deleted the metrics file
             continue
@@ -231,9 +232,10 @@ def read_history(revs: Sequence[str], paths: tuple[str, str, str], cwd: Path, *,
         splits = _parsed(parse_splits, notes, s_raw, splits_path, side)
         files = _parsed(parse_data, notes, d_raw, data_path, side) if d_raw else None
         samples = len(splits) if splits is not None else (files.converted if files else None)
-        previous = next((v for v in reversed(versions) if v.eval_set is not None), None)
         versions.append(version(name, date, metrics, samples, files.rejected if files else None,
                                 on, previous))
+        if versions[-1].eval_set is not None:
+            previous = versions[-1]
     return History(tuple(versions), class_order(versions), tuple(notes))
 
 

@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from PIL import Image
 
 from pipeline.params import Params, params_option
 from pipeline.storage.files import write_text
-from pipeline.storage.images import PIL_ERRORS
+from pipeline.storage.images import PIL_ERRORS, open_image
 from pipeline.tools.report_page import Picture, ReportInputs, Review, render
 from pipeline.tools.thumbnails import draw_thumbnails, problems_from
 
@@ -122,7 +121,7 @@ def embed(path: Path, caption: str) -> Picture | None:
             path.suffix.lower())
         if mime and len(data) <= _EMBED_AS_IS:
             return Picture(path.name, mime, data, caption)
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(data) as image:
             image.thumbnail((_EMBED_SIDE, _EMBED_SIDE))
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, "JPEG", quality=85)

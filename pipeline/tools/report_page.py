@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.storage.masks import voc_palette
 from pipeline.tools.charts import Series, line_chart
-from pipeline.tools.thumbnails import Problem, Thumbnail
+from pipeline.tools.thumbnails import Problem, Thumbnail, by_file, files_to_draw
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _CSS = """
@@ -186,12 +186,10 @@ def _problems(r: ReportInputs) -> str:
     """Every validation problem, grouped by file, with the file's thumbnail."""
     if not r.problems:
         return "<h3>Validation problems</h3><p>None: every file converted cleanly.</p>"
-    by_file: dict[str, list[Problem]] = {}
-    for p in r.problems:
-        by_file.setdefault(p.file, []).append(p)
+    grouped = by_file(r.problems)
     errors = sum(1 for p in r.problems if p.severity == "error")
-    order = sorted(by_file, key=lambda f: (all(p.severity != "error" for p in by_file[f]), f))
-    out = [f"<h3>Validation problems</h3><p>{len(r.problems)} problems in {len(by_file)} files "
+    order = files_to_draw(r.problems, len(grouped))  # files with an error first, then by name
+    out = [f"<h3>Validation problems</h3><p>{len(r.problems)} problems in {len(grouped)} files "
            f"({errors} errors: those files are left out). The offending shape is outlined in "
            "red (error) or orange (warning); a frame marks a problem of the whole file.</p>",
            '<table class="problems"><tr><th>picture</th><th>file</th><th>problems</th></tr>']
@@ -205,7 +203,7 @@ def _problems(r: ReportInputs) -> str:
         else:
             cell = f'<span class="muted">{_e(thumb.note if thumb else "not drawn")}</span>'
         items = []
-        for p in by_file[file][:max(0, r.max_issues - shown)]:
+        for p in grouped[file][:max(0, r.max_issues - shown)]:
             where = f" shape {p.shape}" if p.shape is not None else ""
             items.append(f'<li><span class="sev-{_e(p.severity)}">{_e(p.severity)}</span> '
                          f"<code>{_e(p.check)}</code>{_e(where)}: "

@@ -61,11 +61,17 @@ def files_to_draw(problems: Sequence[Problem], cap: int) -> list[str]:
 def draw_thumbnails(problems: Sequence[Problem], raw_dir: Path, *, size: int = 200,
                     cap: int = 40) -> dict[str, Thumbnail]:
     """file -> Thumbnail for the first `cap` files with problems."""
-    by_file: dict[str, list[Problem]] = {}
-    for p in problems:
-        by_file.setdefault(p.file, []).append(p)
-    return {file: thumbnail(raw_dir, file, by_file[file], size)
+    grouped = by_file(problems)
+    return {file: thumbnail(raw_dir, file, grouped[file], size)
             for file in files_to_draw(problems, cap)}
+
+
+def by_file(problems: Sequence[Problem]) -> dict[str, list[Problem]]:
+    """file -> its problems, in their order."""
+    grouped: dict[str, list[Problem]] = {}
+    for p in problems:
+        grouped.setdefault(p.file, []).append(p)
+    return grouped
 
 
 def thumbnail(raw_dir: Path, file: str, problems: Sequence[Problem], size: int) -> Thumbnail:

@@ -30,7 +30,6 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from stat import S_ISREG
 from typing import Any
 
 import yaml
@@ -48,6 +47,7 @@ from pipeline.convert.formats import (
 )
 from pipeline.core.records import Issue, Point, Record, Shape
 from pipeline.params import BoundedLoader
+from pipeline.storage.files import file_stamp
 from pipeline.storage.images import EXIF_ORIENTATION, PIL_ERRORS, SWAPPING_ORIENTATIONS
 
 #: Class list files by name, in the order they are preferred within one dir.
@@ -176,12 +176,10 @@ def _yaml_has_names(path: str) -> bool:
     """True when the YAML file at `path` is a mapping with a `names:` key (memoised by stamp:
     a dataset has a few YAMLs, read once however many labels lie below them)."""
     try:
-        stat = os.stat(path)
+        stamp = file_stamp(path)  # None for a FIFO (it would block the read) or a missing file
     except OSError:
         return False
-    if not S_ISREG(stat.st_mode):  # a FIFO would block the read
-        return False
-    return _yaml_has_names_at(path, stat.st_mtime_ns, stat.st_size)
+    return stamp is not None and _yaml_has_names_at(path, stamp.mtime_ns, stamp.size)
 
 
 @functools.lru_cache(maxsize=4096)
